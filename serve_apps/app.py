@@ -34,6 +34,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         "health_check_timeout_s": 60,
         "graceful_shutdown_timeout_s": 30,
     }
+    if config.placement_bundles:
+        llm_options["placement_group_bundles"] = config.placement_bundles
+        llm_options["placement_group_strategy"] = config.placement_strategy
     if config.autoscaling is not None:
         llm_options["autoscaling_config"] = config.autoscaling.model_dump()
     else:

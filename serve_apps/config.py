@@ -94,6 +94,10 @@ class AppConfig(_Strict):
     autoscaling: Autoscaling | None = None
     replica_cpus: float = Field(default=1.0, ge=0)
     replica_gpus: float = Field(default=0.0, ge=0)
+    placement_bundles: list[dict[str, float]] | None = Field(
+        default=None, description="Multi-GPU engines: the replica's CPU bundle then one GPU bundle per worker."
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_adapters_per_replica: int = Field(default=4, ge=1)
     limits: Limits = Limits()
     adapter_cache: str | None = Field(default=None, description="Where pulled/scaled adapters go.")
@@ -114,10 +118,14 @@ class AppConfig(_Strict):
 def serve_config(app: AppConfig, route_prefix: str = "/") -> dict[str, Any]:
     """The Serve config file (also RayService `serveConfigV2`) that deploys `app`."""
     args = app.model_dump(mode="json", exclude={"adapters"})
-    user_config = AdaptersConfig(adapters=app.adapters).model_dump(mode="json")
+
+    def user_config() -> dict[str, Any]:
+        # A fresh dict each time: shared objects would come out as YAML anchors in manifests.
+        return AdaptersConfig(adapters=app.adapters).model_dump(mode="json")
+
     llm: dict[str, Any] = {
         "name": LLM_DEPLOYMENT,
-        "user_config": user_config,
+        "user_config": user_config(),
         "max_ongoing_requests": app.limits.max_ongoing_requests,
         "max_queued_requests": app.limits.max_queued_requests,
     }
@@ -132,7 +140,7 @@ def serve_config(app: AppConfig, route_prefix: str = "/") -> dict[str, Any]:
                 "route_prefix": route_prefix,
                 "import_path": IMPORT_PATH,
                 "args": args,
-                "deployments": [llm, {"name": INGRESS_DEPLOYMENT, "user_config": user_config}],
+                "deployments": [llm, {"name": INGRESS_DEPLOYMENT, "user_config": user_config()}],
             }
         ]
     }

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MAX_NEW_TOKENS = 200
+# Kaito's documented generate defaults: sample, but only among the 10 likeliest tokens.
+DEFAULT_TOP_K = 10
 
 
 class GenerateKwargs(BaseModel):
@@ -80,6 +82,7 @@ def to_openai(request: KaitoChatRequest, default_model: str) -> dict[str, Any]:
         value = getattr(kwargs, name)
         if value is not None:
             body[name] = value
+    body.setdefault("top_k", DEFAULT_TOP_K)
     if kwargs.min_length:
         body["min_tokens"] = kwargs.min_length
     return body

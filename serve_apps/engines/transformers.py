@@ -274,7 +274,7 @@ class TransformersEngine(LLMEngine):
                 choices=[ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)],
                 usage=usage,
             )
-            return f"data: {body.model_dump_json(exclude_unset=True)}\n\n"
+            return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
         yield chunk(DeltaMessage(role="assistant", content=""), None)
         produced = 0
@@ -292,7 +292,7 @@ class TransformersEngine(LLMEngine):
                 id=request_id, created=created, model=model, choices=[],
                 usage=_usage(len(gen.prompt_ids), produced),
             )
-            yield f"data: {final.model_dump_json(exclude_unset=True)}\n\n"
+            yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
         yield "data: [DONE]\n\n"
 
     async def _completion_stream(
@@ -317,7 +317,7 @@ class TransformersEngine(LLMEngine):
                             CompletionResponseStreamChoice(index=0, text=piece, finish_reason=finish or None)
                         ],
                     )
-                    yield f"data: {body.model_dump_json(exclude_unset=True)}\n\n"
+                    yield f"data: {body.model_dump_json(exclude_none=True)}\n\n"
         except EngineError as exc:
             yield f"data: {error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR).model_dump_json()}\n\n"
         if request.stream_options and request.stream_options.include_usage:
@@ -325,7 +325,7 @@ class TransformersEngine(LLMEngine):
                 id=request_id, created=created, model=model, choices=[],
                 usage=_usage(len(gen.prompt_ids), produced),
             )
-            yield f"data: {final.model_dump_json(exclude_unset=True)}\n\n"
+            yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
         yield "data: [DONE]\n\n"
 
     # ---- adapters -------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""`kairay`: one entry point dispatching to the packages. It holds no logic of its own.
+
+User mistakes (a bad Workspace file, an unknown preset, a failed deploy) print `file: field: reason`
+lines and exit non-zero; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UserError(Exception):
+    """Printed without a traceback."""
+
+
+def _load(path: str) -> list[Any]:
+    """Every Workspace in `path`, validated as `kubectl apply` + the controller would."""
+    from controller.api.errors import WorkspaceError
+    from controller.api.validation import validate_workspace
+    from controller.api.workspace import load_workspace_file, parse_workspace
+
+    try:
+        objects = load_workspace_file(path)
+    except WorkspaceError as exc:
+        raise UserError("\n".join(f"{path}: {e}" for e in exc.errors)) from None
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}") from None
+    if not objects:
+        raise UserError(f"{path}: no Workspace in file")
+    problems = [f"{path}: {error}" for obj in objects for error in validate_workspace(obj)]
+    if problems:
+        raise UserError("\n".join(problems))
+    return [parse_workspace(obj) for obj in objects]
+
+
+def _one(path: str) -> Any:
+    workspaces = _load(path)
+    if len(workspaces) != 1:
+        raise UserError(f"{path}: holds {len(workspaces)} Workspaces; `up` serves one")
+    return workspaces[0]
+
+
+def _dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    if isinstance(data, list):
+        return yaml.safe_dump_all(data, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            workspaces = _load(path)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+            continue
+        for ws in workspaces:
+            print(f"{path}: {ws.metadata.name}: valid")
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from controller.render import inference_preset, plan_for
+    from presets.models import resolve_preset
+    from presets.sizing import format_plan, plan_tuning
+    from presets.skus import get_sku
+
+    for path in args.files:
+        for ws in _load(path):
+            print(f"# {path}: {ws.metadata.name}")
+            if ws.tuning is not None:
+                if not ws.resource.instance_type:
+                    raise UserError(f"{path}: resource.instanceType: needed to plan a tuning job")
+                preset = resolve_preset(ws.tuning.preset.name)
+                print(format_plan(plan_tuning(preset, get_sku(ws.resource.instance_type), ws.tuning.method)))
+            else:
+                inference_preset(ws)
+                print(format_plan(plan_for(ws, "local" if args.local else "cluster")))
+            print()
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from controller.render import RenderError, render_serve_config
+
+    documents: list[Any] = []
+    for ws in _load(args.file):
+        try:
+            if args.target == "local":
+                documents.append(render_serve_config(ws, "local"))
+            else:
+                from controller.objects import render_objects
+
+                documents.extend(render_objects(ws))
+        except RenderError as exc:
+            raise UserError(f"{args.file}: {exc}") from None
+    print(_dump(documents if len(documents) != 1 else documents[0], args.output), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from presets.local_model import LOCAL_MODELS, LocalModelError, prepare
+    from presets.models import PRESETS
+
+    if args.models_command == "list":
+        for name, preset in sorted(PRESETS.items()):
+            where = "local (CPU)" if name in LOCAL_MODELS else "cluster"
+            print(f"{name:32} {preset.model_id:45} {where}")
+        return 0
+    try:
+        path = prepare(args.name, progress=True)
+    except LocalModelError as exc:
+        raise UserError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from controller.render import RenderError, render
+    from serve_apps import local
+
+    ws = _one(args.file)
+    try:
+        rendered = render(ws, "local")
+    except RenderError as exc:
+        raise UserError(f"{args.file}: {exc}") from None
+    app = rendered.app
+    if app.model.local:
+        from presets.local_model import LocalModelError, prepare
+
+        try:
+            prepare(app.model.preset, progress=True)
+        except LocalModelError as exc:
+            raise UserError(str(exc)) from None
+    started = time.monotonic()
+    print(f"starting Ray{' (joining ' + os.environ['RAY_ADDRESS'] + ')' if os.environ.get('RAY_ADDRESS') else ''}…")
+    endpoint = local.start_ray(num_cpus=args.num_cpus, dashboard_port=args.dashboard_port)
+    stop = _install_stop_handlers()
+    try:
+        print(f"deploying {app.name}: {app.model.name} on {app.runtime}, {len(app.adapters)} adapter(s)")
+        local.deploy(endpoint.dashboard_url, rendered.serve_config, host=args.host, port=args.port)
+
+        def progress(status: str, message: str) -> None:
+            elapsed = time.monotonic() - started
+            print(f"  [{elapsed:5.0f}s] {status}{': ' + message if message else ''}", flush=True)
+
+        local.wait_running(endpoint.dashboard_url, app.name, timeout=args.timeout, on_progress=progress)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"\nready in {time.monotonic() - started:.0f}s")
+        print(f"  API:       http://{host}:{args.port}  (POST /chat, /v1/chat/completions, /v1/completions)")
+        print(f"  dashboard: {endpoint.dashboard_url}")
+        print("edit the file to change adapters live; Ctrl-C stops", flush=True)
+        _serve_until_stopped(args, endpoint, stop)
+    except local.DeployError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        print("stopping…", flush=True)
+        local.shutdown(endpoint)
+    return 0
+
+
+def _install_stop_handlers() -> dict[str, bool]:
+    stop = {"requested": False}
+
+    def handler(signum: int, _: Any) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _serve_until_stopped(args: argparse.Namespace, endpoint: Any, stop: dict[str, bool]) -> None:
+    """Block until Ctrl-C, re-applying the Workspace when its file changes (adapters hot-reload)."""
+    from controller.render import RenderError, render
+    from serve_apps import local
+
+    path = Path(args.file)
+    seen = path.stat().st_mtime_ns
+    while not stop["requested"]:
+        time.sleep(0.5)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if mtime == seen:
+            continue
+        seen = mtime
+        try:
+            rendered = render(_one(args.file), "local")
+            local.deploy(endpoint.dashboard_url, rendered.serve_config, host=args.host, port=args.port)
+            print(f"re-applied {args.file}: {len(rendered.app.adapters)} adapter(s)", flush=True)
+        except (UserError, RenderError, local.DeployError) as exc:
+            print(f"not re-applied: {exc}", file=sys.stderr, flush=True)
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kairay", description="Kaito Workspaces on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="serve a Workspace on a local Ray (or RAY_ADDRESS)")
+    up.add_argument("file")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--num-cpus", type=int, default=None, help="CPUs for a Ray started here")
+    up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--timeout", type=float, default=900, help="seconds to wait for RUNNING")
+    up.set_defaults(func=cmd_up)
+
+    render = sub.add_parser("render", help="print what would be deployed")
+    render.add_argument("file")
+    render.add_argument("--target", choices=["local", "cluster"], default="local",
+                        help="local: the Serve config `up` deploys; cluster: every object the controller creates")
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    render.set_defaults(func=cmd_render)
+
+    validate = sub.add_parser("validate", help="run every check the CRD and the controller apply")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser("plan", help="GPU sizing with the arithmetic")
+    plan.add_argument("files", nargs="+")
+    plan.add_argument("--local", action="store_true", help="plan for this machine's CPU")
+    plan.set_defaults(func=cmd_plan)
+
+    models = sub.add_parser("models", help="model presets")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    prepare = models_sub.add_parser("prepare", help="convert a local preset into the cache")
+    prepare.add_argument("name")
+    models_sub.add_parser("list", help="list presets")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from presets.models import UnknownPresetError
+    from presets.sizing import SizingError
+    from presets.skus import UnknownInstanceTypeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except (UnknownPresetError, UnknownInstanceTypeError, SizingError) as exc:
+        # Catalog and sizing errors are about the user's input, not kairay.
+        print(f"{getattr(args, 'file', '') or ''}: {exc}".lstrip(": "), file=sys.stderr)
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The `kairay` CLI: every command on the examples, and user mistakes without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness.kairay_up import KairayUp
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+def kairay(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kairay.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_validate_plan_render_examples(example: Path) -> None:
+    for command in (["validate"], ["plan"], ["render"], ["render", "--target", "cluster"]):
+        result = kairay(*command, str(example))
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        assert "Traceback" not in result.stderr
+
+
+def test_render_local_is_a_serve_config() -> None:
+    result = kairay("render", str(REPO / "examples" / "smollm2-local.yaml"))
+    config = yaml.safe_load(result.stdout)
+    app = config["applications"][0]
+    assert app["import_path"] == "serve_apps.app:build_app"
+    assert app["args"]["model"]["name"] == "smollm2-135m-instruct"
+
+
+def test_bad_workspace_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "bad"},
+        "inference": {"preset": {"name": "smollm2-135m-instruct"},
+                      "adapters": [{"source": {"name": "a", "image": "r/a:1"}, "strength": "1.5"}]},
+    }))
+    for command in ("validate", "render", "plan", "up"):
+        result = kairay(command, str(bad))
+        assert result.returncode == 1
+        assert f"{bad}: inference.adapters[0].strength:" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_unknown_preset_is_a_clean_error(tmp_path: Path) -> None:
+    bad = tmp_path / "unknown.yaml"
+    bad.write_text(yaml.safe_dump({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "unknown"},
+        "inference": {"preset": {"name": "phi-3-mini-4k-instrukt"}},
+    }))
+    result = kairay("validate", str(bad))
+    assert result.returncode == 1
+    assert "inference.preset.name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file() -> None:
+    result = kairay("up", "/nonexistent/workspace.yaml")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_up_shows_running_app_on_the_dashboard(served: KairayUp) -> None:
+    import httpx
+
+    token_file = Path.home() / ".ray" / "auth_token"
+    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+    response = httpx.get(f"{served.dashboard_url}/api/serve/applications/", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    app = response.json()["applications"][served.workspace["metadata"]["name"]]
+    assert app["status"] == "RUNNING"
+    assert {"LLMServer", "Ingress"} <= set(app["deployments"])
