@@ -14,7 +14,7 @@ from controller.api.workspace import Workspace
 from presets.models import ModelPreset, resolve_preset
 from presets.sizing import InferencePlan, plan_inference, plan_local
 from presets.skus import get_sku
-from serve_apps.config import AdapterConfig, AppConfig, Autoscaling, Limits, serve_config
+from serve_apps.config import AdapterConfig, AppConfig, Autoscaling, Limits, ModelSource, serve_config
 
 Target = Literal["local", "cluster"]
 
@@ -95,13 +95,13 @@ def render(ws: Workspace, target: Target, *, engine_overrides: dict[str, Any] | 
     )
     app = AppConfig(
         name=ws.metadata.name or "workspace",
-        model={
-            "name": preset.name,
-            "preset": ws.inference.preset.name if ws.inference.preset else preset.name,
-            "path": preset.model_id if Path(preset.model_id).is_dir() else None,
-            "local": preset.local,
-            "chat_template": preset.chat_template,
-        },
+        model=ModelSource(
+            name=preset.name,
+            preset=ws.inference.preset.name if ws.inference.preset else preset.name,
+            path=preset.model_id if Path(preset.model_id).is_dir() else None,
+            local=preset.local,
+            chat_template=preset.chat_template,
+        ),
         runtime=ws.runtime,
         device="gpu" if target == "cluster" else "cpu",
         engine_args=engine_args,

@@ -152,7 +152,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         except LocalModelError as exc:
             raise UserError(str(exc)) from None
     started = time.monotonic()
-    print(f"starting Ray{' (joining ' + os.environ['RAY_ADDRESS'] + ')' if os.environ.get('RAY_ADDRESS') else ''}…")
+    joining = os.environ.get("RAY_ADDRESS")
+    print(f"starting Ray (joining {joining})…" if joining else "starting Ray…")
     endpoint = local.start_ray(num_cpus=args.num_cpus, dashboard_port=args.dashboard_port)
     stop = _install_stop_handlers()
     try:
@@ -231,8 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="print what would be deployed")
     render.add_argument("file")
-    render.add_argument("--target", choices=["local", "cluster"], default="local",
-                        help="local: the Serve config `up` deploys; cluster: every object the controller creates")
+    render.add_argument(
+        "--target",
+        choices=["local", "cluster"],
+        default="local",
+        help="local: the Serve config `up` deploys; cluster: every object the controller creates",
+    )
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 

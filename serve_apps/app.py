@@ -41,11 +41,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         llm_options["autoscaling_config"] = config.autoscaling.model_dump()
     else:
         llm_options["num_replicas"] = config.num_replicas
-    llm = serve.deployment(LLMServer).options(**llm_options).bind(config.model_dump(mode="json"))
-    ingress = serve.deployment(Ingress).options(
+    llm = serve.deployment(**llm_options)(LLMServer).bind(config.model_dump(mode="json"))
+    ingress = serve.deployment(
         name=INGRESS_DEPLOYMENT,
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=INGRESS_MAX_ONGOING,
         user_config=user_config,
-    )
+    )(Ingress)
     return ingress.bind(config.model_dump(mode="json"), llm)

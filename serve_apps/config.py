@@ -95,7 +95,8 @@ class AppConfig(_Strict):
     replica_cpus: float = Field(default=1.0, ge=0)
     replica_gpus: float = Field(default=0.0, ge=0)
     placement_bundles: list[dict[str, float]] | None = Field(
-        default=None, description="Multi-GPU engines: the replica's CPU bundle then one GPU bundle per worker."
+        default=None,
+        description="Multi-GPU engines: the replica's CPU bundle then one GPU bundle per worker.",
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_adapters_per_replica: int = Field(default=4, ge=1)

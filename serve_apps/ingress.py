@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -37,18 +37,29 @@ app = FastAPI(title="kairay", description="Kaito Workspace inference API served 
 
 _REGISTRY = CollectorRegistry()
 _REQUESTS = Counter(
-    "kairay_requests", "HTTP requests by route, model and status", ["route", "model", "code"], registry=_REGISTRY
+    "kairay_requests",
+    "HTTP requests by route, model and status",
+    ["route", "model", "code"],
+    registry=_REGISTRY,
 )
 _LATENCY = Histogram(
-    "kairay_request_seconds", "Time to the full answer (non-streaming) by route", ["route"], registry=_REGISTRY
+    "kairay_request_seconds",
+    "Time to the full answer (non-streaming) by route",
+    ["route"],
+    registry=_REGISTRY,
 )
 _TTFT = Histogram(
-    "kairay_time_to_first_chunk_seconds", "Streaming: time to the first SSE chunk", ["route"], registry=_REGISTRY
+    "kairay_time_to_first_chunk_seconds",
+    "Streaming: time to the first SSE chunk",
+    ["route"],
+    registry=_REGISTRY,
 )
 _REJECTED = Counter("kairay_backpressure_rejections", "Requests refused under overload", registry=_REGISTRY)
 
 
-def _error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = error_response(message, HTTPStatus(status), param=param).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -132,7 +143,9 @@ class Ingress:
     async def _forward_stream(
         self, route: str, kind: str, parsed: Any, handle: DeploymentHandle, model: str, started: float
     ) -> Response:
-        stream = handle.options(stream=True).handle_stream.remote(kind, parsed)
+        stream: DeploymentResponseGenerator[Any] = handle.options(stream=True).handle_stream.remote(  # type: ignore[assignment]
+            kind, parsed
+        )
         try:
             status, body, headers = await stream.__anext__()
         except BackPressureError:
@@ -205,18 +218,34 @@ class Ingress:
             return response
         answer = json.loads(bytes(response.body))
         text = answer["choices"][0]["message"].get("content") or ""
-        return JSONResponse({"Result": text}, headers={k: v for k, v in response.headers.items() if k.startswith("x-")})
+        return JSONResponse(
+            {"Result": text}, headers={k: v for k, v in response.headers.items() if k.startswith("x-")}
+        )
 
     @app.get("/v1/models")
     async def models(self) -> JSONResponse:
         states = await self.llm.adapter_states.remote()
         info = await self.llm.replica_info.remote()
-        cards = [ModelCard(id=self.base, root=self.config.model.preset, owned_by="kairay",
-                           created=self.started, max_model_len=info.get("max_model_len"))]
+        cards = [
+            ModelCard(
+                id=self.base,
+                root=self.config.model.preset,
+                owned_by="kairay",
+                created=self.started,
+                max_model_len=info.get("max_model_len"),
+            )
+        ]
         for name, adapter in sorted(self.adapters.items()):
             if states.get(name, {}).get("ready"):
-                cards.append(ModelCard(id=name, root=adapter.image or adapter.path, parent=self.base,
-                                       owned_by="kairay", created=self.started))
+                cards.append(
+                    ModelCard(
+                        id=name,
+                        root=adapter.image or adapter.path,
+                        parent=self.base,
+                        owned_by="kairay",
+                        created=self.started,
+                    )
+                )
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.get("/health")

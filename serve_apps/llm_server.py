@@ -69,7 +69,7 @@ class _AdapterHandle:
 
 
 class LLMServer:
-    async def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
         self.config = AppConfig.model_validate(config)
         os.environ.update(self.config.env)
         self._cache = adapter_store.cache_dir(self.config.adapter_cache)

@@ -53,10 +53,10 @@ def start_ray(
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         info = ray.init(ignore_reinit_error=True)
-        return RayEndpoint(_with_scheme(info.dashboard_url), started_here=False)
+        return RayEndpoint(_with_scheme(info.dashboard_url or ""), started_here=False)
     if address:
         info = ray.init(address=address, log_to_driver=False)
-        return RayEndpoint(_with_scheme(info.dashboard_url), started_here=False)
+        return RayEndpoint(_with_scheme(info.dashboard_url or ""), started_here=False)
     Path(temp_dir or DEFAULT_TEMP_DIR).mkdir(parents=True, exist_ok=True)
     info = ray.init(
         num_cpus=num_cpus,
@@ -67,7 +67,7 @@ def start_ray(
         log_to_driver=False,
         runtime_env={"env_vars": local_env()},
     )
-    return RayEndpoint(_with_scheme(info.dashboard_url), started_here=True)
+    return RayEndpoint(_with_scheme(info.dashboard_url or ""), started_here=True)
 
 
 def _with_scheme(url: str) -> str:
@@ -126,9 +126,10 @@ def wait_running(
 
 def _deployment_messages(app: dict[str, Any] | None) -> str:
     deployments = (app or {}).get("deployments", {})
-    return "; ".join(
-        f"{name}: {d.get('message')}" for name, d in deployments.items() if d.get("message")
-    ) or "no message"
+    return (
+        "; ".join(f"{name}: {d.get('message')}" for name, d in deployments.items() if d.get("message"))
+        or "no message"
+    )
 
 
 def delete_all(dashboard_url: str) -> None:

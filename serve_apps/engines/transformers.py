@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -32,7 +33,6 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
-from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
 
 from serve_apps.protocol import (
@@ -44,7 +44,13 @@ from serve_apps.protocol import (
     error_response,
 )
 
-_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "half": "float16", "float32": "float32", "auto": "auto"}
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "auto": "auto",
+}
 
 
 @dataclass(frozen=True)
@@ -216,9 +222,7 @@ class TransformersEngine(LLMEngine):
                 kwargs["stop_strings"] = gen.stop
                 kwargs["tokenizer"] = self._tokenizer
             outcome: dict[str, Any] = {}
-            thread = threading.Thread(
-                target=self._run_generate, args=(kwargs, adapter, outcome), daemon=True
-            )
+            thread = threading.Thread(target=self._run_generate, args=(kwargs, adapter, outcome), daemon=True)
             thread.start()
             loop = asyncio.get_running_loop()
             iterator = iter(streamer)
@@ -235,7 +239,9 @@ class TransformersEngine(LLMEngine):
             finish = "length" if produced >= gen.max_new_tokens else "stop"
             yield "", finish, produced
 
-    def _run_generate(self, kwargs: dict[str, Any], adapter: LoadedAdapter | None, outcome: dict[str, Any]) -> None:
+    def _run_generate(
+        self, kwargs: dict[str, Any], adapter: LoadedAdapter | None, outcome: dict[str, Any]
+    ) -> None:
         import contextlib
 
         import torch
@@ -289,7 +295,10 @@ class TransformersEngine(LLMEngine):
             yield f"data: {error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR).model_dump_json()}\n\n"
         if request.stream_options and request.stream_options.include_usage:
             final = ChatCompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=[],
+                id=request_id,
+                created=created,
+                model=model,
+                choices=[],
                 usage=_usage(len(gen.prompt_ids), produced),
             )
             yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
@@ -322,7 +331,10 @@ class TransformersEngine(LLMEngine):
             yield f"data: {error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR).model_dump_json()}\n\n"
         if request.stream_options and request.stream_options.include_usage:
             final = CompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=[],
+                id=request_id,
+                created=created,
+                model=model,
+                choices=[],
                 usage=_usage(len(gen.prompt_ids), produced),
             )
             yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"

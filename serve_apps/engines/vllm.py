@@ -89,7 +89,7 @@ class VLLMEngine(LLMEngine):
             result = await self._state.openai_serving_chat.create_chat_completion(request, None)
         except Exception as exc:
             return create_error_response(exc)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def completions(
         self, request: CompletionRequest, adapter: LoadedAdapter | None
@@ -99,7 +99,7 @@ class VLLMEngine(LLMEngine):
             result = await self._state.openai_serving_completion.create_completion(request, None)
         except Exception as exc:
             return create_error_response(exc)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def load_adapter(self, adapter: LoadedAdapter) -> None:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
@@ -133,4 +133,3 @@ class VLLMEngine(LLMEngine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
-

@@ -182,5 +182,5 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir

@@ -16,8 +16,9 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
 def kairay(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kairay.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kairay.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -38,11 +39,19 @@ def test_render_local_is_a_serve_config() -> None:
 
 def test_bad_workspace_names_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "bad"},
-        "inference": {"preset": {"name": "smollm2-135m-instruct"},
-                      "adapters": [{"source": {"name": "a", "image": "r/a:1"}, "strength": "1.5"}]},
-    }))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kaito.sh/v1beta1",
+                "kind": "Workspace",
+                "metadata": {"name": "bad"},
+                "inference": {
+                    "preset": {"name": "smollm2-135m-instruct"},
+                    "adapters": [{"source": {"name": "a", "image": "r/a:1"}, "strength": "1.5"}],
+                },
+            }
+        )
+    )
     for command in ("validate", "render", "plan", "up"):
         result = kairay(command, str(bad))
         assert result.returncode == 1
@@ -52,10 +61,16 @@ def test_bad_workspace_names_the_field(tmp_path: Path) -> None:
 
 def test_unknown_preset_is_a_clean_error(tmp_path: Path) -> None:
     bad = tmp_path / "unknown.yaml"
-    bad.write_text(yaml.safe_dump({
-        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "unknown"},
-        "inference": {"preset": {"name": "phi-3-mini-4k-instrukt"}},
-    }))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kaito.sh/v1beta1",
+                "kind": "Workspace",
+                "metadata": {"name": "unknown"},
+                "inference": {"preset": {"name": "phi-3-mini-4k-instrukt"}},
+            }
+        )
+    )
     result = kairay("validate", str(bad))
     assert result.returncode == 1
     assert "inference.preset.name" in result.stderr

@@ -16,8 +16,9 @@ PROMPT = "The capital of France is"
 
 
 def greedy(http: httpx.Client, model: str) -> tuple[str, str]:
-    response = http.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16,
-                                                  "temperature": 0})
+    response = http.post(
+        "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+    )
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]["text"], response.headers["x-kairay-replica"]
 
@@ -33,9 +34,17 @@ def test_adapter_changes_output_and_strength_zero_is_base(served: KairayUp) -> N
 
 def test_chat_route_selects_adapter(served: KairayUp) -> None:
     with served.client() as http:
-        base = http.post("/chat", json={"prompt": PROMPT, "generate_kwargs": {"do_sample": False, "max_length": 16}})
-        adapted = http.post("/chat", json={"prompt": PROMPT, "model": "adapter-a",
-                                          "generate_kwargs": {"do_sample": False, "max_length": 16}})
+        base = http.post(
+            "/chat", json={"prompt": PROMPT, "generate_kwargs": {"do_sample": False, "max_length": 16}}
+        )
+        adapted = http.post(
+            "/chat",
+            json={
+                "prompt": PROMPT,
+                "model": "adapter-a",
+                "generate_kwargs": {"do_sample": False, "max_length": 16},
+            },
+        )
     assert base.status_code == adapted.status_code == 200
     assert base.json()["Result"] != adapted.json()["Result"]
 
@@ -47,8 +56,13 @@ def test_adding_an_adapter_to_a_live_app(served: KairayUp, lora_adapters: dict[s
         inference = dict(ws["inference"])
         inference["adapters"] = [
             *inference["adapters"],
-            {"source": {"name": "adapter-b", "volumeSource": {"hostPath": {"path": str(lora_adapters["adapter-b"])}}},
-             "strength": "1.0"},
+            {
+                "source": {
+                    "name": "adapter-b",
+                    "volumeSource": {"hostPath": {"path": str(lora_adapters["adapter-b"])}},
+                },
+                "strength": "1.0",
+            },
         ]
         ws["inference"] = inference
         mark = len(served.output)

@@ -18,8 +18,10 @@ async def _burst(url: str, count: int) -> list[tuple[int, float, dict[str, objec
 
         async def one() -> tuple[int, float, dict[str, object]]:
             started = time.monotonic()
-            response = await http.post("/v1/completions", json={"prompt": "Tell me a long story.",
-                                                                  "max_tokens": 64, "temperature": 0})
+            response = await http.post(
+                "/v1/completions",
+                json={"prompt": "Tell me a long story.", "max_tokens": 64, "temperature": 0},
+            )
             return response.status_code, time.monotonic() - started, response.json()
 
         return await asyncio.gather(*(one() for _ in range(count)))

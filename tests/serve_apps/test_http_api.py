@@ -24,7 +24,7 @@ def sse_events(response: httpx.Response) -> list[Any]:
         if not line:
             continue
         assert line.startswith("data: "), f"not an SSE data line: {line!r}"
-        payload = line[len("data: "):]
+        payload = line[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     assert events and events[-1] == "[DONE]", "stream must end with data: [DONE]"
     assert "[DONE]" not in events[:-1]
@@ -34,8 +34,13 @@ def sse_events(response: httpx.Response) -> list[Any]:
 def test_chat_with_prompt(served: KairayUp) -> None:
     with served.client() as http:
         sampled = http.post("/chat", json={"prompt": "What is the capital of France?"})
-        greedy = http.post("/chat", json={"prompt": "What is the capital of France?",
-                                          "generate_kwargs": {"do_sample": False, "max_length": 32}})
+        greedy = http.post(
+            "/chat",
+            json={
+                "prompt": "What is the capital of France?",
+                "generate_kwargs": {"do_sample": False, "max_length": 32},
+            },
+        )
     assert sampled.status_code == 200, sampled.text
     assert isinstance(sampled.json()["Result"], str) and sampled.json()["Result"].strip()
     assert greedy.status_code == 200, greedy.text
@@ -57,8 +62,12 @@ def test_chat_with_messages_and_generate_kwargs(served: KairayUp) -> None:
 
 
 def test_chat_completions(served: KairayUp) -> None:
-    body = {"model": BASE, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12,
-            "temperature": 0}
+    body = {
+        "model": BASE,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
     with served.client() as http:
         response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
@@ -115,8 +124,10 @@ def test_openai_client(served: KairayUp) -> None:
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
     assert BASE in [m.id for m in client.models.list()]
     chat = client.chat.completions.create(
-        model=BASE, messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=16, temperature=0,
+        model=BASE,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16,
+        temperature=0,
     )
     assert chat.choices[0].message.content
     stream = client.chat.completions.create(
@@ -146,12 +157,19 @@ def test_health_and_metrics(served: KairayUp) -> None:
         ("/chat", {"prompt": "hi", "generate_kwargs": {"bogus": 1}}, 400, "bogus"),
         ("/chat", {"prompt": "hi", "model": "no-such-adapter"}, 404, "no-such-adapter"),
         ("/v1/chat/completions", {"messages": "hello"}, 400, "messages"),
-        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
+        (
+            "/v1/chat/completions",
+            {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "nope",
+        ),
         ("/v1/completions", {"prompt": "hi", "max_tokens": 100000}, 400, "max_tokens"),
         ("/v1/completions", {"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
     ],
 )
-def test_bad_bodies_get_json_4xx(served: KairayUp, path: str, body: dict[str, Any], status: int, needle: str) -> None:
+def test_bad_bodies_get_json_4xx(
+    served: KairayUp, path: str, body: dict[str, Any], status: int, needle: str
+) -> None:
     with served.client() as http:
         response = http.post(path, json=body)
     assert response.status_code == status, response.text
@@ -162,7 +180,8 @@ def test_bad_bodies_get_json_4xx(served: KairayUp, path: str, body: dict[str, An
 
 def test_invalid_json_is_400(served: KairayUp) -> None:
     with served.client() as http:
-        response = http.post("/v1/chat/completions", content=b"{not json",
-                             headers={"content-type": "application/json"})
+        response = http.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]["message"]

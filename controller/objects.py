@@ -1,0 +1,157 @@
+"""Every cluster object a Workspace turns into, pure: RayService (+ Service) or RayJob.
+
+The RayService's `serveConfigV2` is `controller.render`'s Serve config, the same document
+`kairay up` deploys. Secrets are referenced (env `valueFrom`, mounted volumes), never inlined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.api.workspace import Workspace
+from controller.render import PULL_SECRETS_DIR, RenderError, render
+from controller.settings import Settings
+from kuberay.cluster import SERVE_PORT, RayClusterPlan
+from kuberay.rayservice import build_rayservice
+
+WORKSPACE_LABEL = "kaito.sh/workspace"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kairay"}
+SERVICE_PORT = 80
+# Kaito's modelAccessSecret holds the Hugging Face token under this key.
+HF_TOKEN_KEY = "HF_TOKEN"
+
+
+def owner_reference(ws: Workspace) -> dict[str, Any]:
+    return {
+        "apiVersion": ws.api_version,
+        "kind": "Workspace",
+        "name": ws.metadata.name,
+        "uid": ws.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(ws: Workspace) -> dict[str, str]:
+    return {WORKSPACE_LABEL: ws.metadata.name or "", **MANAGED_BY}
+
+
+def cluster_plan(
+    ws: Workspace,
+    settings: Settings,
+    *,
+    gpus_per_worker: int,
+    workers: int,
+    min_workers: int | None = None,
+    max_workers: int | None = None,
+    env: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    volume_mounts: list[dict[str, Any]] | None = None,
+) -> RayClusterPlan:
+    autoscaling = min_workers is not None and max_workers is not None and max_workers != min_workers
+    return RayClusterPlan(
+        name=ws.metadata.name or "",
+        namespace=ws.metadata.namespace or "default",
+        image=settings.runtime_image,
+        labels=labels(ws),
+        owner_references=[owner_reference(ws)],
+        image_pull_secrets=list(settings.image_pull_secrets),
+        head_cpu=settings.head_cpu,
+        head_memory=settings.head_memory,
+        replicas=workers,
+        min_replicas=min_workers if autoscaling else None,
+        max_replicas=max_workers if autoscaling else None,
+        gpus_per_worker=gpus_per_worker,
+        cpu_per_worker=settings.worker_cpu,
+        memory_per_worker=settings.worker_memory,
+        node_selector=ws.resource.label_selector.as_labels(),
+        env=env or [],
+        volumes=volumes or [],
+        volume_mounts=volume_mounts or [],
+        enable_autoscaling=autoscaling,
+    )
+
+
+def build_inference_objects(
+    ws: Workspace, settings: Settings, engine_overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    rendered = render(ws, "cluster", engine_overrides=engine_overrides)
+    plan, app = rendered.plan, rendered.app
+    replicas = app.num_replicas
+    low = high = None
+    if app.autoscaling is not None:
+        replicas = max(app.autoscaling.min_replicas, 1)
+        low, high = app.autoscaling.min_replicas * plan.nodes, app.autoscaling.max_replicas * plan.nodes
+    env, volumes, mounts = _secret_wiring(ws)
+    cluster = cluster_plan(
+        ws,
+        settings,
+        gpus_per_worker=plan.gpus_per_node,
+        workers=replicas * plan.nodes,
+        min_workers=low,
+        max_workers=high,
+        env=env,
+        volumes=volumes,
+        volume_mounts=mounts,
+    )
+    return [build_rayservice(cluster, rendered.serve_config), build_service(ws)]
+
+
+def build_service(ws: Workspace) -> dict[str, Any]:
+    """`<workspace>` port 80 → the Serve proxies (8000) of whichever Ray cluster currently serves.
+
+    It selects on our own workspace label plus KubeRay's `ray.io/serve`, not on the cluster name,
+    which changes when KubeRay rolls to a new cluster.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": ws.metadata.name,
+            "namespace": ws.metadata.namespace or "default",
+            "labels": labels(ws),
+            "ownerReferences": [owner_reference(ws)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {WORKSPACE_LABEL: ws.metadata.name or "", "ray.io/serve": "true"},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def _secret_wiring(ws: Workspace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Env and volumes that reference Secrets: the model access token and adapter pull secrets."""
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    assert ws.inference is not None
+    preset = ws.inference.preset
+    if preset is not None and preset.preset_options.model_access_secret:
+        env.append(
+            {
+                "name": HF_TOKEN_KEY,
+                "valueFrom": {
+                    "secretKeyRef": {"name": preset.preset_options.model_access_secret, "key": HF_TOKEN_KEY}
+                },
+            }
+        )
+    secrets = sorted({s for a in ws.inference.adapters for s in a.source.image_pull_secrets})
+    for index, secret in enumerate(secrets):
+        name = f"pull-secret-{index}"
+        volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}})
+        mounts.append({"name": name, "mountPath": f"{PULL_SECRETS_DIR}/{secret}", "readOnly": True})
+    return env, volumes, mounts
+
+
+def render_objects(
+    ws: Workspace, settings: Settings | None = None, engine_overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    settings = settings or Settings()
+    if ws.inference is not None:
+        if ws.inference.preset is None:
+            raise RenderError("inference.template Workspaces are not supported by kairay yet")
+        return build_inference_objects(ws, settings, engine_overrides)
+    from controller.tuning_objects import build_tuning_objects
+
+    return build_tuning_objects(ws, settings)
