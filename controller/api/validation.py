@@ -1,0 +1,104 @@
+"""Every check a Workspace must pass before kairay acts on it, in the order a user meets them.
+
+1. The CRD: structural schema and CEL rules, what `kubectl apply` enforces.
+2. The pydantic models, the edge of the typed world.
+3. What only kairay's catalogs know: the preset, the instance type, and whether the model fits.
+
+The result depends on the Workspace alone, never on the machine running the check: `kairay up` on
+a laptop accepts a Workspace that names a GPU instance type (it is checked against the SKU catalog,
+then served on the local CPU), so the same file works locally and on a cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from controller.api.errors import FieldError, WorkspaceError
+from controller.api.workspace import InferenceSpec, Runtime, TuningSpec, Workspace, parse_workspace
+from controller.crds import load_crd, validate_object
+from presets.models import ModelPreset, UnknownPresetError, resolve_preset
+from presets.sizing import SizingError, plan_inference, plan_tuning
+from presets.skus import GpuSku, UnknownInstanceTypeError, get_sku
+
+INSTANCE_TYPE = "resource.instanceType"
+
+
+def validate_workspace(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[FieldError]:
+    """Every problem with creating ``obj`` (or updating ``old`` to it); empty when it is valid.
+
+    Each stage runs only when the one before passed: its errors would restate the earlier ones.
+    """
+    errors = validate_object(_crd(), obj, old)
+    if errors:
+        return errors
+    try:
+        workspace = parse_workspace(obj)
+    except WorkspaceError as exc:
+        return exc.errors
+    return catalog_errors(workspace)
+
+
+@functools.cache
+def _crd() -> dict[str, Any]:
+    return load_crd()
+
+
+def catalog_errors(workspace: Workspace) -> list[FieldError]:
+    """The checks the CRD cannot make: known preset, known instance type, supported tuning, fit."""
+    errors: list[FieldError] = []
+    sku: GpuSku | None = None
+    if workspace.resource.instance_type:
+        try:
+            sku = get_sku(workspace.resource.instance_type)
+        except UnknownInstanceTypeError as exc:
+            errors.append(FieldError(INSTANCE_TYPE, str(exc)))
+    if workspace.inference is not None:
+        errors.extend(_inference_errors(workspace.inference, sku, workspace.runtime))
+    if workspace.tuning is not None:
+        errors.extend(_tuning_errors(workspace.tuning, sku))
+    return errors
+
+
+def _resolve(name: str, field: str) -> tuple[ModelPreset | None, list[FieldError]]:
+    try:
+        return resolve_preset(name), []
+    except UnknownPresetError as exc:
+        return None, [FieldError(field, str(exc))]
+
+
+def _inference_errors(inference: InferenceSpec, sku: GpuSku | None, runtime: Runtime) -> list[FieldError]:
+    if inference.preset is None:
+        # A custom pod template brings its own model: there is nothing to size.
+        return []
+    preset, errors = _resolve(inference.preset.name, "inference.preset.name")
+    # Without an instance type the nodes are the user's own (or the local machine's CPU): no
+    # SKU to size against.
+    if preset is not None and sku is not None:
+        # vLLM spreads a model over several nodes; the transformers engine runs in one process.
+        node_count = 1 if runtime == "transformers" else None
+        try:
+            plan_inference(preset, sku, node_count=node_count)
+        except SizingError as exc:
+            errors.append(FieldError(INSTANCE_TYPE, str(exc)))
+    return errors
+
+
+def _tuning_errors(tuning: TuningSpec, sku: GpuSku | None) -> list[FieldError]:
+    preset, errors = _resolve(tuning.preset.name, "tuning.preset.name")
+    if preset is None:
+        return errors
+    if tuning.method not in preset.tuning:
+        supported = ", ".join(sorted(preset.tuning))
+        reason = (
+            f"preset {preset.name} does not support {tuning.method} tuning (supported: {supported})"
+            if supported
+            else f"preset {preset.name} does not support tuning"
+        )
+        return [FieldError("tuning.method", reason)]
+    if sku is not None:
+        try:
+            plan_tuning(preset, sku, tuning.method)
+        except SizingError as exc:
+            return [FieldError(INSTANCE_TYPE, str(exc))]
+    return []

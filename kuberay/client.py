@@ -1,0 +1,131 @@
+"""A thin client for KubeRay's ray.io/v1 RayServices and RayJobs over `kubernetes.client.CustomObjectsApi`."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kuberay.cluster import GROUP, VERSION
+
+Plural = Literal["rayservices", "rayjobs"]
+RAYSERVICES: Plural = "rayservices"
+RAYJOBS: Plural = "rayjobs"
+
+# Hash of the spec kairay last applied. The API server adds defaulted fields to the stored spec, so the
+# stored spec alone cannot tell "unchanged" from "a field we no longer set".
+SPEC_HASH_ANNOTATION = "kairay.io/spec-hash"
+
+ApplyAction = Literal["created", "patched", "unchanged"]
+
+# Metadata kairay owns on a RayService; labels and annotations merge with what others set.
+_APPLIED_METADATA = ("labels", "annotations", "ownerReferences")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    action: ApplyAction
+    object: dict[str, Any]
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class KubeRayClient:
+    """get / create / merge-patch / delete of RayServices and RayJobs, plus an idempotent
+    `apply_rayservice`. Errors other than a 404 on get/delete propagate as `ApiException`."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+
+    def get(self, plural: Plural, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    def create(self, plural: Plural, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"]["namespace"]
+        created = self._api.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        return cast(dict[str, Any], created)
+
+    def patch(self, plural: Plural, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386): dicts merge, lists are replaced, `None` deletes a key."""
+        patched = self._api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, patch, _content_type="application/merge-patch+json"
+        )
+        return cast(dict[str, Any], patched)
+
+    def delete(self, plural: Plural, namespace: str, name: str) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self._api.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def apply_rayservice(self, desired: dict[str, Any]) -> ApplyResult:
+        """Create the RayService, or patch it when its spec, labels, annotations or owner references
+        differ from `desired`; otherwise leave it alone. The patch carries the resourceVersion that was
+        compared, so a concurrent writer makes it fail with 409 instead of being overwritten."""
+        desired = copy.deepcopy(desired)
+        metadata = desired["metadata"]
+        metadata.setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(desired["spec"])
+        existing = self.get(RAYSERVICES, metadata["namespace"], metadata["name"])
+        if existing is None:
+            return ApplyResult("created", self.create(RAYSERVICES, desired))
+        wanted = {
+            "metadata": {key: metadata[key] for key in _APPLIED_METADATA if key in metadata},
+            "spec": desired["spec"],
+        }
+        if _is_subset(wanted, existing):
+            return ApplyResult("unchanged", existing)
+        patch = {
+            "metadata": wanted["metadata"] | {"resourceVersion": existing["metadata"]["resourceVersion"]},
+            "spec": merge_patch_diff(existing.get("spec") or {}, desired["spec"]),
+        }
+        return ApplyResult("patched", self.patch(RAYSERVICES, metadata["namespace"], metadata["name"], patch))
+
+
+def merge_patch_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns `current` into `desired`: changed keys set, missing keys nulled."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        old = current.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            nested = merge_patch_diff(old, value)
+            if nested:
+                patch[key] = nested
+        elif key not in current or old != value:
+            patch[key] = copy.deepcopy(value)
+    for key in current:
+        if key not in desired:
+            patch[key] = None
+    return patch
+
+
+def _is_subset(wanted: Any, actual: Any) -> bool:
+    """Every value in `wanted` is in `actual`; `actual` may carry more (server defaults, others' labels)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and _is_subset(value, actual[key]) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(wanted) == len(actual)
+            and all(_is_subset(item, other) for item, other in zip(wanted, actual, strict=True))
+        )
+    return bool(wanted == actual)

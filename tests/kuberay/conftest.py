@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from kuberay import RayClusterPlan
+
+SCHEMA_PATH = Path(__file__).parents[1] / "harness" / "kuberay_schema.json"
+
+
+@pytest.fixture(scope="session")
+def kuberay_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@pytest.fixture
+def schema_errors(kuberay_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
+    validator = jsonschema.Draft202012Validator(kuberay_schema)
+
+    def errors(obj: dict[str, Any]) -> list[str]:
+        return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
+
+    return errors
+
+
+def gpu_plan(**overrides: Any) -> RayClusterPlan:
+    """A plan like the controller makes for a 2-node Standard_NC24ads_A100_v4 workspace."""
+    values: dict[str, Any] = {
+        "name": "workspace-phi-3",
+        "namespace": "kaito",
+        "image": "registry.example/kairay-runtime:0.1.0",
+        "labels": {"kaito.sh/workspace": "workspace-phi-3"},
+        "owner_references": [
+            {
+                "apiVersion": "kaito.sh/v1beta1",
+                "kind": "Workspace",
+                "name": "workspace-phi-3",
+                "uid": "0b6f3c1e-1111-2222-3333-444455556666",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+        "image_pull_secrets": ["acr-pull"],
+        "replicas": 2,
+        "gpus_per_worker": 1,
+        "cpu_per_worker": "20",
+        "memory_per_worker": "200Gi",
+        "node_selector": {"apps": "phi-3"},
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        ],
+        "volumes": [{"name": "adapter-pull", "secret": {"secretName": "adapter-pull-secret"}}],
+        "volume_mounts": [{"name": "adapter-pull", "mountPath": "/etc/kairay/docker", "readOnly": True}],
+    }
+    values.update(overrides)
+    return RayClusterPlan(**values)
