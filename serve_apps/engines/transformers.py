@@ -179,14 +179,20 @@ class TransformersEngine(LLMEngine):
                 f"{len(prompt_ids)} tokens and {max_tokens or 0} were requested for the answer.",
                 param="max_tokens" if room > 0 else "input_tokens",
             )
-        temperature = 1.0 if request.temperature is None else float(request.temperature)
+        # Unset sampling fields fall back to the model's generation_config, as vLLM does.
+        defaults = self._model.generation_config
+        temperature = float(
+            request.temperature if request.temperature is not None else defaults.temperature or 1.0
+        )
         sampling: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
             sampling["temperature"] = temperature
-            if request.top_p is not None:
-                sampling["top_p"] = float(request.top_p)
-            if request.top_k is not None and request.top_k > 0:
-                sampling["top_k"] = int(request.top_k)
+            top_p = request.top_p if request.top_p is not None else defaults.top_p
+            if top_p is not None:
+                sampling["top_p"] = float(top_p)
+            top_k = request.top_k if request.top_k is not None else defaults.top_k
+            if top_k is not None and top_k > 0:
+                sampling["top_k"] = int(top_k)
         stop = request.stop if isinstance(request.stop, list) else [request.stop] if request.stop else []
         return _Generation(prompt_ids, max_tokens or room, sampling, [s for s in stop if s])
 
