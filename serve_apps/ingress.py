@@ -173,31 +173,25 @@ class Ingress:
 
     # ---- routes ---------------------------------------------------------------------------------
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
+    async def _openai(self, request: Request, model_cls: type[BaseModel], route: str, kind: str) -> Response:
         body = await self._json_body(request)
         if isinstance(body, JSONResponse):
             return body
-        parsed = self._parse(ChatCompletionRequest, body)
+        parsed = self._parse(model_cls, body)
         if isinstance(parsed, JSONResponse):
             return parsed
         adapter = self._adapter_for(parsed.model)
         if isinstance(adapter, JSONResponse):
             return adapter
-        return await self._forward("/v1/chat/completions", "chat", parsed, adapter)
+        return await self._forward(route, kind, parsed, adapter)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._openai(request, ChatCompletionRequest, "/v1/chat/completions", "chat")
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        body = await self._json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        parsed = self._parse(CompletionRequest, body)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        adapter = self._adapter_for(parsed.model)
-        if isinstance(adapter, JSONResponse):
-            return adapter
-        return await self._forward("/v1/completions", "completions", parsed, adapter)
+        return await self._openai(request, CompletionRequest, "/v1/completions", "completions")
 
     @app.post("/chat")
     async def kaito_chat(self, request: Request) -> Response:

@@ -12,11 +12,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from pydantic import BaseModel
 from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
@@ -278,37 +279,27 @@ class TransformersEngine(LLMEngine):
     ) -> AsyncIterator[str]:
         created = int(time.time())
 
-        def chunk(delta: DeltaMessage, finish: str | None, usage: UsageInfo | None = None) -> str:
-            body = ChatCompletionStreamResponse(
+        def chunk(delta: DeltaMessage, finish: str | None) -> ChatCompletionStreamResponse:
+            return ChatCompletionStreamResponse(
                 id=request_id,
                 created=created,
                 model=model,
                 choices=[ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)],
-                usage=usage,
             )
-            return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
-        yield chunk(DeltaMessage(role="assistant", content=""), None)
-        produced = 0
-        try:
-            async for piece, finish, count in self._stream_tokens(gen, adapter):
-                if piece:
-                    yield chunk(DeltaMessage(content=piece), None)
-                if finish:
-                    produced = count
-                    yield chunk(DeltaMessage(), finish)
-        except EngineError as exc:
-            yield f"data: {error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR).model_dump_json()}\n\n"
-        if request.stream_options and request.stream_options.include_usage:
-            final = ChatCompletionStreamResponse(
-                id=request_id,
-                created=created,
-                model=model,
-                choices=[],
-                usage=_usage(len(gen.prompt_ids), produced),
+        def event(piece: str, finish: str | None) -> BaseModel | None:
+            if piece:
+                return chunk(DeltaMessage(content=piece), None)
+            return chunk(DeltaMessage(), finish) if finish else None
+
+        def usage(info: UsageInfo) -> BaseModel:
+            return ChatCompletionStreamResponse(
+                id=request_id, created=created, model=model, choices=[], usage=info
             )
-            yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
-        yield "data: [DONE]\n\n"
+
+        yield _sse(chunk(DeltaMessage(role="assistant", content=""), None))
+        async for line in self._sse_stream(gen, adapter, request, event, usage):
+            yield line
 
     async def _completion_stream(
         self,
@@ -319,31 +310,41 @@ class TransformersEngine(LLMEngine):
         request: CompletionRequest,
     ) -> AsyncIterator[str]:
         created = int(time.time())
+
+        def event(piece: str, finish: str | None) -> BaseModel | None:
+            if not piece and not finish:
+                return None
+            choice = CompletionResponseStreamChoice(index=0, text=piece, finish_reason=finish)
+            return CompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
+
+        def usage(info: UsageInfo) -> BaseModel:
+            return CompletionStreamResponse(
+                id=request_id, created=created, model=model, choices=[], usage=info
+            )
+
+        async for line in self._sse_stream(gen, adapter, request, event, usage):
+            yield line
+
+    async def _sse_stream(
+        self,
+        gen: _Generation,
+        adapter: LoadedAdapter | None,
+        request: ChatCompletionRequest | CompletionRequest,
+        event: Callable[[str, str | None], BaseModel | None],
+        usage: Callable[[UsageInfo], BaseModel],
+    ) -> AsyncIterator[str]:
+        """SSE lines for a generation; `event` shapes each piece, `usage` the optional final chunk."""
         produced = 0
         try:
             async for piece, finish, count in self._stream_tokens(gen, adapter):
                 produced = count or produced
-                if piece or finish:
-                    body = CompletionStreamResponse(
-                        id=request_id,
-                        created=created,
-                        model=model,
-                        choices=[
-                            CompletionResponseStreamChoice(index=0, text=piece, finish_reason=finish or None)
-                        ],
-                    )
-                    yield f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+                body = event(piece, finish or None)
+                if body is not None:
+                    yield _sse(body)
         except EngineError as exc:
-            yield f"data: {error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR).model_dump_json()}\n\n"
+            yield _sse(error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR))
         if request.stream_options and request.stream_options.include_usage:
-            final = CompletionStreamResponse(
-                id=request_id,
-                created=created,
-                model=model,
-                choices=[],
-                usage=_usage(len(gen.prompt_ids), produced),
-            )
-            yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
+            yield _sse(usage(_usage(len(gen.prompt_ids), produced)))
         yield "data: [DONE]\n\n"
 
     # ---- adapters -------------------------------------------------------------------------------
@@ -403,6 +404,10 @@ def _plain_message(message: Any) -> dict[str, str]:
             texts.append(part["text"] if isinstance(part, dict) else part.text)
         content = "".join(texts)
     return {"role": str(role), "content": "" if content is None else str(content)}
+
+
+def _sse(body: BaseModel) -> str:
+    return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
