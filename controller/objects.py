@@ -139,7 +139,7 @@ def _secret_wiring(ws: Workspace) -> tuple[list[dict[str, Any]], list[dict[str, 
     secrets = sorted({s for a in ws.inference.adapters for s in a.source.image_pull_secrets})
     for index, secret in enumerate(secrets):
         name = f"pull-secret-{index}"
-        volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}})
+        volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o444}})
         mounts.append({"name": name, "mountPath": f"{PULL_SECRETS_DIR}/{secret}", "readOnly": True})
     return env, volumes, mounts
 

@@ -214,7 +214,53 @@ def _serve_until_stopped(args: argparse.Namespace, endpoint: Any, stop: dict[str
             print(f"not re-applied: {exc}", file=sys.stderr, flush=True)
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.main import ConfigError, aks_target, run, settings_from_flags
+
+    try:
+        run(
+            args.kubeconfig,
+            args.namespace,
+            settings_from_flags(args.runtime_image, args.node_provisioner),
+            aks=aks_target(args.subscription_id, args.resource_group, args.cluster_name),
+            resync_seconds=args.resync_seconds,
+            liveness_endpoint=args.liveness,
+            log_level=args.log_level,
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from controller.main import ConfigError, aks_target
+    from controller.manifests import manifests
+
+    try:
+        aks = aks_target(args.subscription_id, args.resource_group, args.cluster_name)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    documents = manifests(
+        args.image,
+        namespace=args.namespace,
+        runtime_image=args.runtime_image,
+        node_provisioner=args.node_provisioner,
+        aks=aks,
+    )
+    print(_dump(documents, "yaml"), end="")
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------
+
+
+def _add_aks_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subscription-id", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
+                        help="Azure subscription of the AKS cluster (default: $AZURE_SUBSCRIPTION_ID)")
+    parser.add_argument("--resource-group", default=os.environ.get("AZURE_RESOURCE_GROUP"),
+                        help="resource group of the AKS cluster (default: $AZURE_RESOURCE_GROUP)")
+    parser.add_argument("--cluster-name", default=os.environ.get("AZURE_CLUSTER_NAME"),
+                        help="AKS cluster for --node-provisioner=aks (default: $AZURE_CLUSTER_NAME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("name")
     models_sub.add_parser("list", help="list presets")
     models.set_defaults(func=cmd_models)
+
+    controller = sub.add_parser("controller", help="run the Kubernetes controller (Workspace -> KubeRay)")
+    controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    controller.add_argument("--namespace", help="watch only this namespace (default: all)")
+    controller.add_argument("--runtime-image", help="image of the Ray pods (default: $KAIRAY_RUNTIME_IMAGE)")
+    controller.add_argument("--node-provisioner", choices=["byo", "aks"],
+                            help="byo: use existing nodes; aks: one agent pool per Workspace "
+                                 "(default: $KAIRAY_NODE_PROVISIONER or byo)")
+    _add_aks_flags(controller)
+    controller.add_argument("--resync-seconds", type=float, default=30.0,
+                            help="reconcile every Workspace this often even without events")
+    controller.add_argument("--liveness", metavar="URL",
+                            help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    controller.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="INFO")
+    controller.set_defaults(func=cmd_controller)
+
+    manifests = sub.add_parser("manifests", help="print the CRD, RBAC and controller Deployment")
+    manifests.add_argument("--image", default=None, help="controller image")
+    manifests.add_argument("--namespace", default="kairay-system")
+    manifests.add_argument("--runtime-image", default=None, help="image of the Ray pods")
+    manifests.add_argument("--node-provisioner", choices=["byo", "aks"], default="byo")
+    _add_aks_flags(manifests)
+    manifests.set_defaults(func=cmd_manifests)
     return parser
 
 

@@ -50,7 +50,7 @@ def test_pull_secrets_are_mounted_never_inlined() -> None:
     workers = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert {
         "name": "pull-secret-0",
-        "secret": {"secretName": "acr-pull-secret", "defaultMode": 0o440},
+        "secret": {"secretName": "acr-pull-secret", "defaultMode": 0o444},
     } in workers["volumes"]
     assert 'dockerconfigjson":' not in text
 

@@ -1,0 +1,680 @@
+"""The kopf operator: a Workspace becomes nodes, then a RayService + Service (inference) or a RayJob
+(tuning), and its status says honestly how far that got.
+
+Reconciling is level-based. `Reconciler.reconcile` reads the Workspace afresh and brings the cluster in
+line with it; every step is idempotent and keyed by deterministic names, so running it again (after a
+409, a crash or a restart) converges instead of duplicating. kopf calls it:
+
+- on create / update / resume of a Workspace;
+- on every event of a RayService or RayJob kairay owns, so the status follows KubeRay at once;
+- on a resync timer, for what is not watched: nodes, ConfigMaps, Azure agent pools.
+
+Runs for one Workspace are serialised by a per-Workspace lock. Deletion goes through a finalizer: the
+children are deleted explicitly (owner references would get them too, but later), then the node
+provisioner releases the nodes (an AKS pool is deleted), and only then does the finalizer go.
+
+The controller never reads Secrets: it references them by name in the manifests it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar, cast
+
+import kopf
+import yaml
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from controller.api.errors import FieldError
+from controller.api.validation import INSTANCE_TYPE, validate_workspace
+from controller.api.workspace import GROUP, STATE_FAILED, STATE_NOT_READY, Workspace, parse_workspace
+from controller.conditions import Observation, Problem, WorkloadKind, transitions, workspace_status
+from controller.nodes.base import LabelRequirement, NodeProvisioner, NodeRequest
+from controller.objects import MANAGED_BY, WORKSPACE_LABEL, render_objects
+from controller.render import plan_for
+from controller.settings import Settings
+from kuberay.client import RAYJOBS, RAYSERVICES, KubeRayClient, merge_patch_diff
+from kuberay.cluster import GROUP as RAY_GROUP
+from kuberay.cluster import VERSION as RAY_VERSION
+from kuberay.status import rayjob_progress, rayservice_health
+from presets.models import resolve_preset
+from presets.sizing import plan_tuning
+from presets.skus import UnknownInstanceTypeError, get_sku
+from tuning.config import TuningConfigError, load_configmap_data
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1beta1"
+PLURAL = "workspaces"
+WORKSPACES = (GROUP, VERSION, PLURAL)
+FINALIZER = "kairay.io/finalizer"
+# kopf keeps its handler progress and last-handled spec in annotations under this prefix (the status
+# schema would prune kopf's own status fields).
+ANNOTATION_PREFIX = "kairay.io"
+INFERENCE_CONFIG_KEY = "inference_config.yaml"
+MERGE_PATCH = "application/merge-patch+json"
+# Seconds any single API call may take; a hung connection must not hold a Workspace's lock forever.
+REQUEST_TIMEOUT = 30
+
+# AKS gives a node this much OS disk unless asked otherwise.
+AKS_DEFAULT_OS_DISK_GB = 128
+# The runtime image (CUDA, Ray, vLLM) and the OS, next to the model weights.
+RUNTIME_DISK_GB = 50
+
+REASON_INVALID_PRESET = "InvalidPreset"
+REASON_INVALID_INSTANCE_TYPE = "InvalidInstanceType"
+REASON_INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+REASON_UNSUPPORTED_TUNING_METHOD = "UnsupportedTuningMethod"
+REASON_INVALID_WORKSPACE = "InvalidWorkspace"
+REASON_UNSUPPORTED_WORKSPACE = "UnsupportedWorkspace"
+REASON_CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
+REASON_INVALID_CONFIGMAP = "InvalidConfigMap"
+
+T = TypeVar("T")
+EventType = Literal["Normal", "Warning"]
+ProvisionerFactory = Callable[[ApiClient], NodeProvisioner]
+ConfigurationLoader = Callable[[], Configuration]
+
+
+class Conflict(Exception):
+    """The API answered 409: what was read is stale (or was created meanwhile); read again."""
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    settings: Settings = field(default_factory=Settings)
+    # How often every Workspace is reconciled even without events (nodes, ConfigMaps, agent pools).
+    resync_seconds: float = 30.0
+    # Re-reads after a 409 before giving the retry back to kopf.
+    conflict_attempts: int = 5
+    # kopf's delay before retrying a handler that failed on an API error or is waiting for deletion.
+    retry_delay_seconds: float = 5.0
+
+
+# --- pure helpers ------------------------------------------------------------------------------------
+
+
+def catalog_problem(obj: Mapping[str, Any], errors: list[FieldError]) -> Problem:
+    """The condition reason and message for what `validate_workspace` found."""
+    first = errors[0]
+    if first.field.endswith("preset.name"):
+        reason = REASON_INVALID_PRESET
+    elif first.field == INSTANCE_TYPE:
+        instance_type = str((obj.get("resource") or {}).get("instanceType") or "")
+        try:
+            get_sku(instance_type)
+            reason = REASON_INSUFFICIENT_GPU_MEMORY
+        except UnknownInstanceTypeError:
+            reason = REASON_INVALID_INSTANCE_TYPE
+    elif first.field == "tuning.method":
+        reason = REASON_UNSUPPORTED_TUNING_METHOD
+    else:
+        reason = REASON_INVALID_WORKSPACE
+    return Problem(reason, "; ".join(str(e) for e in errors))
+
+
+def engine_overrides_from_configmap(data: Mapping[str, str], runtime: str, name: str) -> dict[str, Any]:
+    """Extra engine args from Kaito's inference ConfigMap: the `<runtime>:` section of its
+    `inference_config.yaml` (or only) entry, with Kaito's dashed keys (`max-model-len`) as the engine's
+    snake_case ones. Raises ValueError with a message for the user."""
+    if INFERENCE_CONFIG_KEY in data:
+        key = INFERENCE_CONFIG_KEY
+    elif len(data) == 1:
+        key = next(iter(data))
+    else:
+        found = ", ".join(sorted(data)) or "none"
+        raise ValueError(f"ConfigMap {name}: no {INFERENCE_CONFIG_KEY!r} key in data (keys: {found})")
+    try:
+        document = yaml.safe_load(data[key]) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"ConfigMap {name}[{key}]: invalid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"ConfigMap {name}[{key}]: expected a mapping, found {type(document).__name__}")
+    section = document.get(runtime) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"ConfigMap {name}[{key}]: {runtime}: expected a mapping of engine arguments")
+    return {str(k).replace("-", "_"): v for k, v in section.items()}
+
+
+def node_request(
+    ws: Workspace,
+    *,
+    node_count: int,
+    gpus_per_node: int | None = None,
+    gpu_memory_gb: float | None = None,
+    os_disk_gb: int | None = None,
+) -> NodeRequest:
+    selector = ws.resource.label_selector
+    return NodeRequest(
+        namespace=ws.metadata.namespace or "default",
+        name=ws.metadata.name or "",
+        uid=ws.metadata.uid or "",
+        instance_type=ws.resource.instance_type,
+        node_count=max(node_count, 1),
+        match_labels=dict(selector.match_labels),
+        match_expressions=tuple(
+            LabelRequirement(e.key, e.operator, tuple(e.values)) for e in selector.match_expressions
+        ),
+        preferred_nodes=tuple(ws.resource.preferred_nodes),
+        os_disk_gb=os_disk_gb,
+        gpu_memory_needed_gb=gpu_memory_gb,
+        gpus_per_node=gpus_per_node,
+    )
+
+
+def release_request(obj: Mapping[str, Any]) -> NodeRequest:
+    """What `release` needs (the pool is named after the Workspace), read without validation: a
+    Workspace that never validated must still be deletable."""
+    metadata = obj.get("metadata") or {}
+    resource = obj.get("resource") or {}
+    return NodeRequest(
+        namespace=str(metadata.get("namespace") or "default"),
+        name=str(metadata.get("name") or ""),
+        uid=str(metadata.get("uid") or ""),
+        instance_type=str(resource.get("instanceType") or ""),
+        node_count=max(int(resource.get("count") or 1), 1),
+    )
+
+
+def _workers(rayservice: Mapping[str, Any]) -> int:
+    groups = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return int(groups[0]["replicas"]) if groups else 1
+
+
+def _covers(actual: Any, wanted: Any) -> bool:
+    """Every value of `wanted` is in `actual`, which may hold more (server defaults, others' labels)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and _covers(actual[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_covers(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    return bool(actual == wanted)
+
+
+def _api_error(exc: ApiException) -> str:
+    # Status and reason only: response bodies and headers stay out of events and status.
+    return f"Kubernetes API error {exc.status} {exc.reason}"
+
+
+# --- the reconciler ----------------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Brings one Workspace at a time in line with its spec. Blocking `kubernetes` calls run in threads."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        provisioner: NodeProvisioner,
+        options: ControllerOptions,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._api = api
+        self._custom = CustomObjectsApi(api)
+        self._core = CoreV1Api(api)
+        self._kuberay = KubeRayClient(api)
+        self._nodes = provisioner
+        self._options = options
+        self._clock = clock
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """Reconcile until nothing conflicts; after `conflict_attempts` 409s kopf retries later."""
+        async with self._lock(namespace, name):
+            for attempt in range(self._options.conflict_attempts):
+                try:
+                    await self._reconcile_once(namespace, name)
+                    return
+                except Conflict as exc:
+                    log.info("Workspace %s/%s: %s; reading again", namespace, name, exc)
+                    await asyncio.sleep(0.1 * 2**attempt)
+            raise kopf.TemporaryError(
+                f"Workspace {namespace}/{name} kept conflicting with other writers",
+                delay=self._options.retry_delay_seconds,
+            )
+
+    async def finalize(self, namespace: str, name: str) -> None:
+        """Delete the children, wait until they are gone, release the nodes. Raises TemporaryError while
+        something is still on its way out, so kopf keeps the finalizer and comes back."""
+        async with self._lock(namespace, name):
+            obj = await self._read_workspace(namespace, name)
+            if obj is None:
+                return
+            remaining = await self._delete_children(obj)
+            if remaining:
+                waiting = f"waiting for {', '.join(remaining)} to be deleted"
+                raise kopf.TemporaryError(waiting, delay=self._options.retry_delay_seconds)
+            if not await self._nodes.release(release_request(obj)):
+                waiting = "waiting for the nodes to be released"
+                _event(obj, "Normal", "ReleasingNodes", waiting)
+                raise kopf.TemporaryError(waiting, delay=self._options.resync_seconds)
+            _event(obj, "Normal", "Deleted", "children deleted and nodes released")
+        self._locks.pop((namespace, name), None)
+
+    # one pass
+
+    async def _reconcile_once(self, namespace: str, name: str) -> None:
+        obj = await self._read_workspace(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        kind: WorkloadKind = "inference" if obj.get("inference") is not None else "tuning"
+        generation = obj["metadata"].get("generation")
+        errors = validate_workspace(obj)
+        if errors:
+            observation = Observation(generation, invalid=catalog_problem(obj, errors))
+        elif kind == "inference":
+            observation = await self._inference(parse_workspace(obj), obj, generation)
+        else:
+            observation = await self._tuning(parse_workspace(obj), obj, generation)
+        await self._report(obj, kind, observation)
+
+    async def _inference(self, ws: Workspace, obj: dict[str, Any], generation: int | None) -> Observation:
+        assert ws.inference is not None
+        overrides, config_problem = await self._engine_overrides(ws)
+        try:
+            rayservice, service = render_objects(ws, self._options.settings, overrides)
+        except ValueError as exc:
+            # A custom pod template, or a name KubeRay cannot use (RenderError is a ValueError); the
+            # catalogs were checked by validate_workspace.
+            return Observation(generation, invalid=Problem(REASON_UNSUPPORTED_WORKSPACE, str(exc)))
+        plan = plan_for(ws, "cluster")
+        nodes = await self._nodes.ensure(
+            node_request(
+                ws,
+                node_count=_workers(rayservice),
+                gpus_per_node=plan.gpus_per_node or None,
+                gpu_memory_gb=plan.sku.gpu_memory_gb if plan.sku is not None else None,
+                os_disk_gb=_disk_gb(plan.preset.disk_gb),
+            )
+        )
+        namespace, name = rayservice["metadata"]["namespace"], rayservice["metadata"]["name"]
+        current = await self._call(self._kuberay.get, RAYSERVICES, namespace, name)
+        # Children are created once the nodes are ready (pods would only sit Pending before), and kept
+        # in sync from then on even while a node is away.
+        if config_problem is None and (nodes.ready or current is not None):
+            before = current
+            current = (await self._call(self._kuberay.apply_rayservice, rayservice)).object
+            if before is None:
+                _event(obj, "Normal", "RayServiceCreated", f"created RayService {name}")
+            elif changed := _changed_keys(before.get("spec") or {}, rayservice["spec"]):
+                _event(obj, "Normal", "RayServiceUpdated", f"updated RayService {name}: {', '.join(changed)}")
+            await self._apply_service(obj, service)
+        return Observation(
+            generation,
+            nodes=nodes,
+            config=config_problem,
+            service=rayservice_health(current) if current is not None else None,
+        )
+
+    async def _tuning(self, ws: Workspace, obj: dict[str, Any], generation: int | None) -> Observation:
+        assert ws.tuning is not None
+        config_problem = await self._check_tuning_config(ws)
+        try:
+            (rayjob,) = render_objects(ws, self._options.settings)
+        except ValueError as exc:
+            return Observation(generation, invalid=Problem(REASON_UNSUPPORTED_WORKSPACE, str(exc)))
+        gpus, gpu_memory = None, None
+        if ws.resource.instance_type:
+            sku = get_sku(ws.resource.instance_type)
+            gpus = plan_tuning(resolve_preset(ws.tuning.preset.name), sku, ws.tuning.method).workers
+            gpu_memory = sku.gpu_memory_gb
+        nodes = await self._nodes.ensure(
+            node_request(
+                ws,
+                node_count=1,
+                gpus_per_node=gpus,
+                gpu_memory_gb=gpu_memory,
+                os_disk_gb=_disk_gb(resolve_preset(ws.tuning.preset.name).disk_gb),
+            )
+        )
+        namespace, name = rayjob["metadata"]["namespace"], rayjob["metadata"]["name"]
+        current = None
+        for job in await self._rayjobs(namespace, ws.metadata.name or ""):
+            if job["metadata"]["name"] == name:
+                current = job
+            elif not job["metadata"].get("deletionTimestamp"):
+                # A RayJob never re-runs: a changed tuning spec got a new RayJob and the old one goes.
+                stale = job["metadata"]["name"]
+                await self._call(self._kuberay.delete, RAYJOBS, namespace, stale)
+                _event(obj, "Normal", "RayJobReplaced", f"deleted RayJob {stale}: the tuning spec changed")
+        if current is None and config_problem is None and nodes.ready:
+            current = await self._call(self._kuberay.create, RAYJOBS, rayjob)
+            _event(obj, "Normal", "RayJobCreated", f"created RayJob {name}")
+        return Observation(
+            generation,
+            nodes=nodes,
+            config=config_problem,
+            job=rayjob_progress(current) if current is not None else None,
+        )
+
+    # inputs
+
+    async def _read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            configmap = await asyncio.to_thread(
+                self._core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(configmap.data or {})
+
+    async def _engine_overrides(self, ws: Workspace) -> tuple[dict[str, Any] | None, Problem | None]:
+        assert ws.inference is not None
+        name = ws.inference.config
+        if not name:
+            return None, None
+        data = await self._read_configmap(ws.metadata.namespace or "default", name)
+        if data is None:
+            return None, _missing_configmap("inference.config", name, ws)
+        try:
+            return engine_overrides_from_configmap(data, ws.runtime, name), None
+        except ValueError as exc:
+            return None, Problem(REASON_INVALID_CONFIGMAP, f"inference.config: {exc}")
+
+    async def _check_tuning_config(self, ws: Workspace) -> Problem | None:
+        assert ws.tuning is not None
+        name = ws.tuning.config
+        if not name:
+            return None
+        data = await self._read_configmap(ws.metadata.namespace or "default", name)
+        if data is None:
+            return _missing_configmap("tuning.config", name, ws)
+        try:
+            load_configmap_data(data, method=ws.tuning.method, name=f"ConfigMap {name}")
+        except TuningConfigError as exc:
+            return Problem(REASON_INVALID_CONFIGMAP, f"tuning.config: {exc}")
+        return None
+
+    # writes
+
+    async def _apply_service(self, owner: dict[str, Any], desired: dict[str, Any]) -> None:
+        metadata = desired["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        try:
+            existing = await asyncio.to_thread(
+                self._core.read_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self._call(
+                self._core.create_namespaced_service, namespace, desired, _request_timeout=REQUEST_TIMEOUT
+            )
+            _event(owner, "Normal", "ServiceCreated", f"created Service {name}")
+            return
+        current = self._api.sanitize_for_serialization(existing)
+        wanted = {
+            "metadata": {"labels": metadata["labels"], "ownerReferences": metadata["ownerReferences"]},
+            "spec": desired["spec"],
+        }
+        if _covers(current, wanted):
+            return
+        patch = {
+            "metadata": {**wanted["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+            "spec": desired["spec"],
+        }
+        await self._call(
+            self._core.patch_namespaced_service,
+            name,
+            namespace,
+            patch,
+            _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        _event(owner, "Normal", "ServiceUpdated", f"updated Service {name}")
+
+    async def _report(self, obj: dict[str, Any], kind: WorkloadKind, observation: Observation) -> None:
+        old = obj.get("status") or {}
+        new = workspace_status(kind, observation, old, self._clock())
+        if new == old:
+            return
+        metadata = obj["metadata"]
+        # The resourceVersion makes this write fail with 409 if the Workspace changed since it was read,
+        # rather than overwrite a status computed from a newer spec.
+        patch = {
+            "metadata": {"resourceVersion": metadata["resourceVersion"]},
+            "status": merge_patch_diff(old, new),
+        }
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            metadata["namespace"],
+            PLURAL,
+            metadata["name"],
+            patch,
+            _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        failing = new.get("state") in (STATE_FAILED, STATE_NOT_READY)
+        for condition in transitions(old, new):
+            kind_of_event: EventType = "Warning" if condition.status == "False" and failing else "Normal"
+            message = f"{condition.type} is {condition.status}: {condition.message}"
+            _event(obj, kind_of_event, condition.reason, message)
+
+    async def _delete_children(self, obj: dict[str, Any]) -> list[str]:
+        """Delete the RayService, RayJobs and Service of a Workspace; the ones still present after."""
+        metadata = obj["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        await self._call(self._kuberay.delete, RAYSERVICES, namespace, name)
+        jobs = [job["metadata"]["name"] for job in await self._rayjobs(namespace, name)]
+        for job in jobs:
+            await self._call(self._kuberay.delete, RAYJOBS, namespace, job)
+        try:
+            await asyncio.to_thread(
+                self._core.delete_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        remaining = []
+        if await self._call(self._kuberay.get, RAYSERVICES, namespace, name) is not None:
+            remaining.append(f"RayService {name}")
+        for job in jobs:
+            if await self._call(self._kuberay.get, RAYJOBS, namespace, job) is not None:
+                remaining.append(f"RayJob {job}")
+        return remaining
+
+    # API plumbing
+
+    async def _read_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = await asyncio.to_thread(
+                self._custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    async def _rayjobs(self, namespace: str, workspace: str) -> list[dict[str, Any]]:
+        """Every RayJob of a Workspace: the current one and any left from an earlier tuning spec."""
+        listing = await asyncio.to_thread(
+            self._custom.list_namespaced_custom_object,
+            RAY_GROUP,
+            RAY_VERSION,
+            namespace,
+            RAYJOBS,
+            label_selector=f"{WORKSPACE_LABEL}={workspace}",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return list(cast(dict[str, Any], listing).get("items") or [])
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` in a thread, with a 409 (stale write, or created meanwhile) turned into `Conflict`."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(_api_error(exc)) from None
+            raise
+
+
+def _missing_configmap(field_name: str, name: str, ws: Workspace) -> Problem:
+    return Problem(
+        REASON_CONFIGMAP_NOT_FOUND,
+        f"{field_name}: ConfigMap {name} not found in namespace {ws.metadata.namespace}",
+        final=False,
+    )
+
+
+def _disk_gb(weights_gb: float | None) -> int | None:
+    """OS disk for a node: AKS's default unless the weights (in the Hugging Face cache) and the runtime
+    image need more."""
+    if weights_gb is None:
+        return None
+    needed = math.ceil(weights_gb) + RUNTIME_DISK_GB
+    return needed if needed > AKS_DEFAULT_OS_DISK_GB else None
+
+
+def _changed_keys(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    return sorted(key for key, value in desired.items() if current.get(key) != value)
+
+
+def _event(obj: Mapping[str, Any], kind: EventType, reason: str, message: str) -> None:
+    kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=message)
+
+
+# --- kopf wiring -------------------------------------------------------------------------------------
+
+
+def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from a `kubernetes` client configuration (as `kopf.login_via_client` does,
+    but for whichever configuration the controller loaded: in-cluster or an explicit kubeconfig)."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    # "Bearer <token>", or a bare token (RFC 7235, appendix C).
+    scheme, _, token = header.rpartition(" ") if header else ("", "", "")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+@dataclass
+class _Runtime:
+    """What the operator builds at start-up, on kopf's event loop (the Azure SDK's sessions belong to
+    the loop that opened them)."""
+
+    api: ApiClient | None = None
+    provisioner: NodeProvisioner | None = None
+    reconciler: Reconciler | None = None
+
+    def get(self) -> Reconciler:
+        if self.reconciler is None:
+            raise kopf.TemporaryError("the controller is still starting", delay=1)
+        return self.reconciler
+
+
+def build_registry(
+    options: ControllerOptions, load_configuration: ConfigurationLoader, make_provisioner: ProvisionerFactory
+) -> kopf.OperatorRegistry:
+    """Every kopf handler of the controller, in a registry of its own (nothing global)."""
+    registry = kopf.OperatorRegistry()
+    runtime = _Runtime()
+    retry = options.retry_delay_seconds
+
+    async def reconcile(body: Mapping[str, Any], namespace: str | None, name: str) -> None:
+        try:
+            await runtime.get().reconcile(namespace or "default", name)
+        except ApiException as exc:
+            _event(body, "Warning", "ReconcileFailed", _api_error(exc))
+            raise kopf.TemporaryError(_api_error(exc), delay=retry) from None
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # Loaded afresh on each login: in-cluster service account tokens rotate.
+        return connection_info(load_configuration())
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        # kopf turns every INFO log of a handler into an Event ("Timer succeeded" on each resync); the
+        # controller posts the Events worth reading itself and keeps kopf's for warnings and errors.
+        settings.posting.level = logging.WARNING
+        # Renew watches regularly: a stream stalled behind a proxy would otherwise go unnoticed.
+        settings.watching.server_timeout = 300
+        runtime.api = ApiClient(load_configuration())
+        runtime.provisioner = make_provisioner(runtime.api)
+        runtime.reconciler = Reconciler(runtime.api, runtime.provisioner, options)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        if runtime.provisioner is not None:
+            await runtime.provisioner.close()
+        if runtime.api is not None:
+            runtime.api.close()
+
+    @kopf.on.create(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
+    @kopf.on.update(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
+    @kopf.on.resume(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
+    async def changed(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        await reconcile(body, namespace, name)
+
+    @kopf.timer(
+        *WORKSPACES, interval=options.resync_seconds, initial_delay=options.resync_seconds, registry=registry
+    )
+    async def resync(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        await reconcile(body, namespace, name)
+
+    @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICES, labels=MANAGED_BY, registry=registry)
+    @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels=MANAGED_BY, registry=registry)
+    async def child_changed(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        owner = labels.get(WORKSPACE_LABEL)
+        if not owner:
+            return
+        try:
+            await runtime.get().reconcile(namespace or "default", owner)
+        except ApiException as exc:
+            # Event handlers are not retried; the resync timer comes back to this Workspace.
+            log.warning("Workspace %s/%s: %s", namespace, owner, _api_error(exc))
+        except kopf.TemporaryError as exc:
+            log.warning("Workspace %s/%s: %s", namespace, owner, exc)
+
+    @kopf.on.delete(*WORKSPACES, id="finalize", backoff=retry, registry=registry)
+    async def deleted(*, body: kopf.Body, namespace: str | None, name: str, retry: int, **_: Any) -> None:
+        if retry == 0:
+            _event(body, "Normal", "Deleting", "deleting the children and releasing the nodes")
+        try:
+            await runtime.get().finalize(namespace or "default", name)
+        except ApiException as exc:
+            _event(body, "Warning", "DeleteFailed", _api_error(exc))
+            raise kopf.TemporaryError(_api_error(exc), delay=options.retry_delay_seconds) from None
+
+    return registry
