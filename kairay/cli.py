@@ -38,6 +38,8 @@ def _load(path: str) -> list[Any]:
         raise UserError("\n".join(f"{path}: {e}" for e in exc.errors)) from None
     except OSError as exc:
         raise UserError(f"{path}: {exc.strerror}") from None
+    # A file may carry the ConfigMaps a Workspace names (tuning.config, inference.config) beside it.
+    objects = [obj for obj in objects if obj.get("kind") != "ConfigMap"]
     if not objects:
         raise UserError(f"{path}: no Workspace in file")
     problems = [f"{path}: {error}" for obj in objects for error in validate_workspace(obj)]
@@ -179,6 +181,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuning.images import default_docker_config
+    from tuning.job import main as tuning_main
+
+    ws = _one(args.file)
+    if ws.tuning is None:
+        raise UserError(f"{args.file}: not a tuning Workspace (it has no `tuning` section); use `kairay up`")
+    argv = ["--workspace", args.file, "--num-workers", "1"]
+    push_secret = args.push_secret or default_docker_config()
+    if push_secret:
+        argv += ["--push-secret", str(push_secret)]
+    for name, value in (
+        ("--max-steps", args.max_steps),
+        ("--config", args.config),
+        ("--work-dir", args.work_dir),
+        ("--cpus-per-worker", args.cpus_per_worker),
+    ):
+        if value is not None:
+            argv += [name, str(value)]
+    if args.allow_private_urls:
+        argv.append("--allow-private-urls")
+    if args.insecure_registry:
+        argv.append("--insecure-registry")
+    return tuning_main(argv)
+
+
 def _install_stop_handlers() -> dict[str, bool]:
     stop = {"requested": False}
 
@@ -255,12 +283,21 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 
 
 def _add_aks_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subscription-id", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
-                        help="Azure subscription of the AKS cluster (default: $AZURE_SUBSCRIPTION_ID)")
-    parser.add_argument("--resource-group", default=os.environ.get("AZURE_RESOURCE_GROUP"),
-                        help="resource group of the AKS cluster (default: $AZURE_RESOURCE_GROUP)")
-    parser.add_argument("--cluster-name", default=os.environ.get("AZURE_CLUSTER_NAME"),
-                        help="AKS cluster for --node-provisioner=aks (default: $AZURE_CLUSTER_NAME)")
+    parser.add_argument(
+        "--subscription-id",
+        default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
+        help="Azure subscription of the AKS cluster (default: $AZURE_SUBSCRIPTION_ID)",
+    )
+    parser.add_argument(
+        "--resource-group",
+        default=os.environ.get("AZURE_RESOURCE_GROUP"),
+        help="resource group of the AKS cluster (default: $AZURE_RESOURCE_GROUP)",
+    )
+    parser.add_argument(
+        "--cluster-name",
+        default=os.environ.get("AZURE_CLUSTER_NAME"),
+        help="AKS cluster for --node-provisioner=aks (default: $AZURE_CLUSTER_NAME)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--local", action="store_true", help="plan for this machine's CPU")
     plan.set_defaults(func=cmd_plan)
 
+    tune = sub.add_parser(
+        "tune", help="run a tuning Workspace on a local Ray (or RAY_ADDRESS) and push the adapter"
+    )
+    tune.add_argument("file")
+    tune.add_argument("--max-steps", type=int, help="stop after this many steps")
+    tune.add_argument(
+        "--config", type=Path, help="tuning config YAML (instead of the ConfigMap tuning.config names)"
+    )
+    tune.add_argument(
+        "--push-secret", type=Path, help="docker config for the push (default: ~/.docker/config.json)"
+    )
+    tune.add_argument("--work-dir", type=Path)
+    tune.add_argument("--cpus-per-worker", type=int)
+    tune.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let tuning.input.urls reach loopback/private addresses (local data servers)",
+    )
+    tune.add_argument("--insecure-registry", action="store_true", help="plain HTTP to the registry")
+    tune.set_defaults(func=cmd_tune)
+
     models = sub.add_parser("models", help="model presets")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     prepare = models_sub.add_parser("prepare", help="convert a local preset into the cache")
@@ -307,14 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     controller.add_argument("--namespace", help="watch only this namespace (default: all)")
     controller.add_argument("--runtime-image", help="image of the Ray pods (default: $KAIRAY_RUNTIME_IMAGE)")
-    controller.add_argument("--node-provisioner", choices=["byo", "aks"],
-                            help="byo: use existing nodes; aks: one agent pool per Workspace "
-                                 "(default: $KAIRAY_NODE_PROVISIONER or byo)")
+    controller.add_argument(
+        "--node-provisioner",
+        choices=["byo", "aks"],
+        help="byo: use existing nodes; aks: one agent pool per Workspace "
+        "(default: $KAIRAY_NODE_PROVISIONER or byo)",
+    )
     _add_aks_flags(controller)
-    controller.add_argument("--resync-seconds", type=float, default=30.0,
-                            help="reconcile every Workspace this often even without events")
-    controller.add_argument("--liveness", metavar="URL",
-                            help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    controller.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=30.0,
+        help="reconcile every Workspace this often even without events",
+    )
+    controller.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     controller.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="INFO")
     controller.set_defaults(func=cmd_controller)
 
