@@ -2,14 +2,20 @@
 
 kopf runs standalone (no peering objects): the controller Deployment runs one replica with the
 Recreate strategy, so two controllers never act on the same Workspace.
+
+The `aks` provisioner talks to public Azure Resource Manager over https with
+`DefaultAzureCredential`. `ArmConnection` describes the environment variables that point it at a
+fake ARM on this machine instead (tests only) and that tune its backoff.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import kopf
 from kubernetes import config as kube_config
@@ -21,6 +27,11 @@ from controller.nodes.byo import ByoProvisioner
 from controller.settings import Settings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING"]
+
+ARM_ENDPOINT_ENV = "KAIRAY_ARM_ENDPOINT"
+ARM_TOKEN_ENV = "KAIRAY_ARM_TOKEN"
+AZURE_BACKOFF_ENV = "KAIRAY_AZURE_BACKOFF_SECONDS"
+DEFAULT_AZURE_BACKOFF_SECONDS = 15.0
 
 
 class ConfigError(ValueError):
@@ -82,9 +93,58 @@ def load_configuration(kubeconfig: str | None) -> Configuration:
     return configuration
 
 
+@dataclass(frozen=True)
+class ArmConnection:
+    """How the `aks` provisioner reaches Azure Resource Manager, from the environment.
+
+    Unset, it is public ARM over https, authenticated by `DefaultAzureCredential` (workload or
+    managed identity, environment, Azure CLI). For tests against a fake ARM on this machine, both:
+
+    - `KAIRAY_ARM_ENDPOINT=http://127.0.0.1:PORT`: the ARM base URL. Only loopback hosts are
+      accepted, so plain http and the token below never leave the machine.
+    - `KAIRAY_ARM_TOKEN=TOKEN`: a fixed bearer token instead of `DefaultAzureCredential`, sent over
+      plain http to that endpoint (the SDK refuses bearer tokens over http otherwise).
+
+    `KAIRAY_AZURE_BACKOFF_SECONDS` (default 15) is the first wait after an Azure failure, such as a
+    quota error, before the pool is written again; it doubles on each failure up to 10 minutes.
+    """
+
+    endpoint: str | None = None
+    token: str | None = None
+    backoff_seconds: float = DEFAULT_AZURE_BACKOFF_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ArmConnection:
+        # Imported here: the Azure SDK is only needed with the aks provisioner.
+        from controller.nodes.aks import is_loopback_url
+
+        endpoint = environ.get(ARM_ENDPOINT_ENV) or None
+        token = environ.get(ARM_TOKEN_ENV) or None
+        if (endpoint is None) != (token is None):
+            raise ConfigError(f"{ARM_ENDPOINT_ENV} and {ARM_TOKEN_ENV} go together (a fake ARM for tests)")
+        if endpoint is not None and not is_loopback_url(endpoint):
+            raise ConfigError(
+                f"{ARM_ENDPOINT_ENV} must be a loopback URL such as http://127.0.0.1:PORT (a fake ARM for "
+                f"tests), not {endpoint!r}"
+            )
+        raw = environ.get(AZURE_BACKOFF_ENV) or str(DEFAULT_AZURE_BACKOFF_SECONDS)
+        try:
+            backoff = float(raw)
+        except ValueError:
+            backoff = 0.0
+        if not backoff > 0:
+            raise ConfigError(f"{AZURE_BACKOFF_ENV} must be a positive number of seconds, not {raw!r}")
+        return cls(endpoint, token, backoff)
+
+
 def provisioner_factory(
-    settings: Settings, aks: AksTarget | None, polling_seconds: float
+    settings: Settings,
+    aks: AksTarget | None,
+    polling_seconds: float,
+    environ: Mapping[str, str] | None = None,
 ) -> ProvisionerFactory:
+    """The node provisioner the settings ask for; `environ` (default `os.environ`) holds the
+    `ArmConnection` variables of the aks provisioner."""
     if settings.node_provisioner == "aks":
         if aks is None:
             raise ConfigError(
@@ -92,17 +152,35 @@ def provisioner_factory(
                 "(or AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_CLUSTER_NAME)"
             )
         target = aks
+        arm = ArmConnection.from_env(os.environ if environ is None else environ)
 
         def make_aks(api: ApiClient) -> NodeProvisioner:
             # Imported here: the Azure SDK is only needed with this provisioner.
-            from controller.nodes.aks import AksProvisioner
+            from controller.nodes.aks import (
+                ARM_SCOPE,
+                AksProvisioner,
+                LoopbackAuthenticationPolicy,
+                StaticTokenCredential,
+            )
 
+            # None: AksProvisioner's DefaultAzureCredential and the SDK's https-only defaults.
+            credential: StaticTokenCredential | None = None
+            client_kwargs: dict[str, Any] = {}
+            if arm.endpoint is not None and arm.token is not None:
+                credential = StaticTokenCredential(arm.token)
+                client_kwargs = {
+                    "base_url": arm.endpoint,
+                    "authentication_policy": LoopbackAuthenticationPolicy(credential, ARM_SCOPE),
+                }
             return AksProvisioner(
                 target.subscription_id,
                 target.resource_group,
                 target.cluster_name,
+                credential,
                 core_v1_api=CoreV1Api(api),
                 polling_interval=polling_seconds,
+                backoff_base_seconds=arm.backoff_seconds,
+                **client_kwargs,
             )
 
         return make_aks

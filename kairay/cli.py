@@ -107,7 +107,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     documents: list[Any] = []
     for ws in _load(args.file):
         try:
-            if args.target == "local":
+            # A tuning Workspace has no Serve application; its RayJob is what both targets run.
+            if args.target == "local" and ws.tuning is None:
                 documents.append(render_serve_config(ws, "local"))
             else:
                 from controller.objects import render_objects

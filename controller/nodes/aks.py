@@ -8,13 +8,16 @@ long-running operation: PUT/DELETE are sent with polling disabled and the next `
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
+from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -22,9 +25,11 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline import PipelineRequest
 from azure.identity.aio import DefaultAzureCredential
 from azure.mgmt.containerservice import models as aks
 from azure.mgmt.containerservice.aio import ContainerServiceClient
+from azure.mgmt.core.policies import AsyncARMChallengeAuthenticationPolicy
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
@@ -43,6 +48,7 @@ from controller.nodes.base import (
 
 log = logging.getLogger(__name__)
 
+ARM_SCOPE = "https://management.azure.com/.default"
 _CREDENTIAL_CODES = {"CredentialUnavailable", "Unauthorized", "Forbidden"}
 _IN_PROGRESS = {"Creating", "Updating", "Scaling", "Upgrading", "Starting", "Stopping", "Canceling"}
 
@@ -97,6 +103,54 @@ def failure_from_pool(pool: aks.AgentPool) -> AzureFailure:
     return AzureFailure(
         Reason.POOL_PROVISIONING_FAILED if reason == Reason.AZURE_ERROR else reason, code, message
     )
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url` points at this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackAuthenticationPolicy(AsyncARMChallengeAuthenticationPolicy):
+    """ARM bearer auth that also sends the token over plain http, to loopback addresses only.
+
+    The SDK refuses bearer tokens over http, rightly; a fake ARM on this machine has no TLS. For
+    tests: any other http URL is still refused by the SDK.
+    """
+
+    async def on_request(self, request: PipelineRequest[Any]) -> None:
+        if is_loopback_url(request.http_request.url):
+            request.context.options["enforce_https"] = False
+        await super().on_request(request)
+
+
+class StaticTokenCredential(AsyncTokenCredential):
+    """A fixed bearer token, for a fake ARM on this machine (tests); never for Azure itself."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
+        # The fake does not expire tokens; an hour keeps the SDK from asking on every request.
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 @dataclass

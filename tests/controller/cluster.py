@@ -10,16 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from kubernetes import client
 
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
 from controller.objects import render_objects
 from controller.settings import Settings
+from presets.sizing import InferencePlan
+from presets.skus import GpuSku, get_sku
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_kuberay import FakeKubeRay, kuberay_crds
 
@@ -31,7 +34,6 @@ RESYNC_SECONDS = 1.0
 TIMEOUT = 25.0
 GROUP, VERSION, PLURAL = "kaito.sh", "v1beta1", "workspaces"
 A100 = "Standard_NC24ads_A100_v4"
-A100_MIB = "81920"
 
 
 def install_crds(server: FakeApiServer) -> None:
@@ -41,18 +43,33 @@ def install_crds(server: FakeApiServer) -> None:
         server.register_crd(crd)
 
 
-class Controller:
-    """The controller process; its output goes to `log` for failure messages."""
+def gpu_labels(sku: GpuSku) -> dict[str, str]:
+    """The labels NVIDIA GPU feature discovery puts on a node of this instance type."""
+    return {
+        "nvidia.com/gpu.count": str(sku.gpu_count),
+        # GPU feature discovery reports memory per GPU in MiB.
+        "nvidia.com/gpu.memory": str(int(sku.gpu_memory_gb * 1024)),
+        "nvidia.com/gpu.product": f"NVIDIA-{sku.gpu_model.replace(' ', '-')}-{sku.gpu_memory_gb:g}GB",
+    }
 
-    def __init__(self, kubeconfig: Path, log: Path, *extra_args: str) -> None:
+
+class Controller:
+    """The controller process; its output goes to `log` for failure messages. `env` is added to a
+    clean environment (the test's own KAIRAY_* / AZURE_* are left out)."""
+
+    def __init__(
+        self, kubeconfig: Path, log: Path, *extra_args: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.extra_args = extra_args
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Controller:
         # The controller reads KAIRAY_* / AZURE_* from its environment: keep the test's out of it.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIRAY_", "AZURE_", "KUBECONFIG"))}
+        env.update(self.env)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [
@@ -110,17 +127,37 @@ class Cluster:
         self.server.create({"apiVersion": "v1", **obj})
 
     def gpu_node(self, name: str, labels: dict[str, str]) -> None:
-        """A Ready node with the labels NVIDIA GPU feature discovery sets, as the byo provisioner reads."""
-        gpu = {
-            "nvidia.com/gpu.count": "1",
-            "nvidia.com/gpu.memory": A100_MIB,
-            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
-        }
+        """A Ready A100 node with GPU feature discovery labels, as the byo provisioner reads them."""
+        self.node(name, {**labels, **gpu_labels(get_sku(A100))})
+
+    def node(
+        self, name: str, labels: dict[str, str], *, ready: bool = True, taints: tuple[str, ...] = ()
+    ) -> None:
+        """A Node as kubelet registers it; `taints` as AKS writes them, `key=value:Effect`."""
+        spec = []
+        for taint in taints:
+            key_value, _, effect = taint.rpartition(":")
+            key, _, value = key_value.partition("=")
+            spec.append({"key": key, "value": value, "effect": effect})
         self.server.create(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {**labels, **gpu}}}
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"taints": spec} if spec else {},
+            }
         )
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is ready"}
-        self.server.patch("nodes", None, name, {"status": {"conditions": [ready]}}, subresource="status")
+        self.set_node_ready(name, ready)
+
+    def set_node_ready(self, name: str, ready: bool = True) -> None:
+        # The API server ignores `status` on create; kubelet reports it through the subresource.
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "message": "kubelet is ready" if ready else "container runtime is starting",
+        }
+        self.server.patch("nodes", None, name, {"status": {"conditions": [condition]}}, subresource="status")
 
     def create_workspace(self, ws: dict[str, Any]) -> dict[str, Any]:
         namespace = ws["metadata"]["namespace"]
@@ -188,6 +225,56 @@ def condition_is(obj: dict[str, Any], kind: str, status: str, reason: str | None
 
 def state(obj: dict[str, Any]) -> str | None:
     return (obj.get("status") or {}).get("state")
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    """State Ready, with every condition written for the Workspace's current generation."""
+    generation = obj["metadata"]["generation"]
+    return state(obj) == "Ready" and all(
+        c.get("observedGeneration") == generation for c in conditions(obj).values()
+    )
+
+
+def sized_workspace(
+    namespace: str,
+    instance_type: str,
+    preset: str,
+    *,
+    runtime: str | None = None,
+    preferred_nodes: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Inference Workspace `ws` whose labelSelector is `pool: <namespace>`."""
+    resource: dict[str, Any] = {
+        "instanceType": instance_type,
+        "labelSelector": {"matchLabels": {"pool": namespace}},
+    }
+    if preferred_nodes:
+        resource["preferredNodes"] = list(preferred_nodes)
+    metadata: dict[str, Any] = {"name": "ws", "namespace": namespace}
+    if runtime:
+        metadata["annotations"] = {"kaito.sh/runtime": runtime}
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": metadata,
+        "resource": resource,
+        "inference": {"preset": {"name": preset}},
+    }
+
+
+def assert_rayservice_follows_plan(rayservice: dict[str, Any], plan: InferencePlan) -> None:
+    """One Ray worker per planned node, each asking for the node's GPUs, and the engine split as planned."""
+    (workers,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers["replicas"] == plan.nodes
+    (container,) = workers["template"]["spec"]["containers"]
+    gpus = str(plan.gpus_per_node)
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    engine_args = app["args"]["engine_args"]
+    planned = plan.engine_args()
+    for key in ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len"):
+        assert engine_args[key] == planned[key], key
 
 
 _FILTER = re.compile(r'^(?P<path>[^\[]*)\[\?\(@\.(?P<key>\w+)=="(?P<value>[^"]*)"\)\](?P<rest>.*)$')

@@ -10,7 +10,6 @@ sees it go Creating → Succeeded just like one that polls the operation.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import re
 import threading
@@ -24,11 +23,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.pipeline import PipelineRequest
-from azure.mgmt.core.policies import AsyncARMChallengeAuthenticationPolicy
+
+# The controller's own loopback auth, so that these tests exercise what `kairay controller` runs with.
+from controller.nodes.aks import ARM_SCOPE, LoopbackAuthenticationPolicy
 
 FAKE_TOKEN = "fake-arm-token"
-ARM_SCOPE = "https://management.azure.com/.default"
 LOCATION = "eastus"
 
 _POOL_PATH = re.compile(
@@ -69,26 +68,6 @@ class FakeTokenCredential(AsyncTokenCredential):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-class LoopbackAuthenticationPolicy(AsyncARMChallengeAuthenticationPolicy):
-    """ARM bearer auth that also sends the token over plain http, to loopback addresses only.
-
-    The SDK refuses bearer tokens over http (rightly); the fake ARM has no TLS. Tests only.
-    """
-
-    async def on_request(self, request: PipelineRequest[Any]) -> None:
-        host = urlsplit(request.http_request.url).hostname or ""
-        if host == "localhost" or _is_loopback(host):
-            request.context.options["enforce_https"] = False
-        await super().on_request(request)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def loopback_client_kwargs(credential: AsyncTokenCredential) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kairay.cli import main
 from tests.harness.kairay_up import KairayUp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,28 +17,36 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
 def kairay(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a new process, exit code and stderr."""
     return subprocess.run(
         [sys.executable, "-m", "kairay.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )
 
 
+def kairay_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The CLI in this process: the same code path, without paying the imports once per call."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_validate_plan_render_examples(example: Path) -> None:
+def test_validate_plan_render_examples(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for command in (["validate"], ["plan"], ["render"], ["render", "--target", "cluster"]):
-        result = kairay(*command, str(example))
-        assert result.returncode == 0, f"{command}: {result.stderr}"
-        assert "Traceback" not in result.stderr
+        code, out, err = kairay_here(capsys, *command, str(example))
+        assert code == 0, f"{command}: {err}"
+        assert out.strip()
 
 
-def test_render_local_is_a_serve_config() -> None:
-    result = kairay("render", str(REPO / "examples" / "smollm2-local.yaml"))
-    config = yaml.safe_load(result.stdout)
+def test_render_local_is_a_serve_config(capsys: pytest.CaptureFixture[str]) -> None:
+    _, stdout, _ = kairay_here(capsys, "render", str(REPO / "examples" / "smollm2-local.yaml"))
+    config = yaml.safe_load(stdout)
     app = config["applications"][0]
     assert app["import_path"] == "serve_apps.app:build_app"
     assert app["args"]["model"]["name"] == "smollm2-135m-instruct"
 
 
-def test_bad_workspace_names_the_field(tmp_path: Path) -> None:
+def test_bad_workspace_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         yaml.safe_dump(
@@ -52,14 +61,17 @@ def test_bad_workspace_names_the_field(tmp_path: Path) -> None:
             }
         )
     )
-    for command in ("validate", "render", "plan", "up"):
-        result = kairay(command, str(bad))
-        assert result.returncode == 1
-        assert f"{bad}: inference.adapters[0].strength:" in result.stderr
-        assert "Traceback" not in result.stderr
+    for command in ("validate", "render", "plan"):
+        code, _, err = kairay_here(capsys, command, str(bad))
+        assert code == 1
+        assert f"{bad}: inference.adapters[0].strength:" in err
+    result = kairay("up", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: inference.adapters[0].strength:" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_unknown_preset_is_a_clean_error(tmp_path: Path) -> None:
+def test_unknown_preset_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "unknown.yaml"
     bad.write_text(
         yaml.safe_dump(
@@ -71,10 +83,9 @@ def test_unknown_preset_is_a_clean_error(tmp_path: Path) -> None:
             }
         )
     )
-    result = kairay("validate", str(bad))
-    assert result.returncode == 1
-    assert "inference.preset.name" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, err = kairay_here(capsys, "validate", str(bad))
+    assert code == 1
+    assert "inference.preset.name" in err
 
 
 def test_missing_file() -> None:
