@@ -1,0 +1,1 @@
+"""`python -m benchmarks.run`: kairay measured against the raw vLLM engine in the same run (`make bench`)."""
