@@ -6,7 +6,9 @@ Kaito's conditions, `state`, `workerNodes` and `targetNodeCount`. Nothing here t
 every rule about honesty is a unit test away:
 
 - `InferenceReady` is True only when KubeRay reports the RayService Ready and every Serve application
-  RUNNING (`kuberay.status.rayservice_health`); failures carry KubeRay's own reason and message.
+  RUNNING (`kuberay.status.rayservice_health`); failures carry KubeRay's own reason and message. A
+  running application whose own `/health` reports an adapter not ready (`AdapterPullFailed`,
+  `AdapterInvalid`: it serves the base model and the other adapters) is not ready either.
 - `ResourceReady` is the node provisioner's verdict.
 - `WorkspaceSucceeded` is ResourceReady and InferenceReady for inference, the RayJob's outcome for
   tuning; `WorkspaceReady` mirrors it for v1alpha1 readers.
@@ -16,7 +18,7 @@ every rule about honesty is a unit test away:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -49,6 +51,7 @@ REASON_SUCCEEDED = "Succeeded"
 REASON_PENDING = "Pending"
 REASON_RESOURCE_NOT_READY = "ResourceNotReady"
 REASON_UNHEALTHY = "Unhealthy"
+REASON_ADAPTER_NOT_READY = "AdapterNotReady"
 
 _JOB_STATES = {
     "Pending": STATE_PENDING,
@@ -136,7 +139,8 @@ class Problem:
 class Observation:
     """Everything one reconcile saw. `invalid` means the Workspace itself cannot be served or tuned
     (catalog errors, unsupported fields): nothing else was looked at. `config` is a problem with a
-    referenced ConfigMap. `service` / `job` are KubeRay's verdicts, None while the object does not exist."""
+    referenced ConfigMap. `service` / `job` are KubeRay's verdicts, None while the object does not exist.
+    `adapters` is what the running application's `/health` says is wrong with its adapters."""
 
     generation: int | None
     invalid: Problem | None = None
@@ -144,6 +148,28 @@ class Observation:
     config: Problem | None = None
     service: ServiceHealth | None = None
     job: JobProgress | None = None
+    adapters: Problem | None = None
+
+
+def adapter_problem(health: Any, wanted: Collection[str]) -> Problem | None:
+    """The adapters among `wanted` that a `/health` answer (`{"adapters": {name: {"ready", "reason",
+    "message"}}}`) reports as not ready; the reason is the first one's, the message names each."""
+    adapters = health.get("adapters") if isinstance(health, Mapping) else None
+    if not isinstance(adapters, Mapping):
+        return None
+    failing = [
+        (str(name), state)
+        for name, state in sorted(adapters.items())
+        if name in wanted and isinstance(state, Mapping) and state.get("ready") is False
+    ]
+    if not failing:
+        return None
+    reason = str(failing[0][1].get("reason") or REASON_ADAPTER_NOT_READY)
+    message = "; ".join(
+        f"adapter {name}: {state.get('message') or state.get('reason')}" for name, state in failing
+    )
+    # A registry that was down or a Secret created late can heal without a spec change.
+    return Problem(reason, message, final=False)
 
 
 def parse_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
@@ -250,6 +276,8 @@ def _inference_ready(observation: Observation) -> Verdict:
         return _problem(observation.config)
     if observation.service is not None:
         health = observation.service
+        if health.ready and observation.adapters is not None:
+            return _problem(observation.adapters)
         return Verdict.of(health.ready, health.reason, health.message)
     creating = Verdict("False", REASON_PENDING, "the RayService is being created")
     return _waiting_for_nodes(observation) or creating
@@ -270,9 +298,11 @@ def _inference_state(observation: Observation, succeeded: bool, previous: Any) -
     health = observation.service
     if health is not None and health.failed:
         return STATE_FAILED
-    # Once a Workspace has served, losing readiness is NotReady rather than a return to Pending.
+    # Once a Workspace has served, losing readiness is NotReady rather than a return to Pending; so is
+    # serving without some of its adapters.
     unhealthy = health is not None and health.reason == REASON_UNHEALTHY
-    if previous in (STATE_READY, STATE_NOT_READY) or unhealthy:
+    adapters_failing = health is not None and health.ready and observation.adapters is not None
+    if previous in (STATE_READY, STATE_NOT_READY) or unhealthy or adapters_failing:
         return STATE_NOT_READY
     return STATE_PENDING
 

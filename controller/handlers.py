@@ -19,6 +19,7 @@ The controller never reads Secrets: it references them by name in the manifests 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
 
 import kopf
+import urllib3
 import yaml
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
@@ -34,9 +36,16 @@ from kubernetes.client.exceptions import ApiException
 from controller.api.errors import FieldError
 from controller.api.validation import INSTANCE_TYPE, validate_workspace
 from controller.api.workspace import GROUP, STATE_FAILED, STATE_NOT_READY, Workspace, parse_workspace
-from controller.conditions import Observation, Problem, WorkloadKind, transitions, workspace_status
+from controller.conditions import (
+    Observation,
+    Problem,
+    WorkloadKind,
+    adapter_problem,
+    transitions,
+    workspace_status,
+)
 from controller.nodes.base import LabelRequirement, NodeProvisioner, NodeRequest
-from controller.objects import MANAGED_BY, WORKSPACE_LABEL, render_objects
+from controller.objects import MANAGED_BY, SERVICE_PORT, WORKSPACE_LABEL, render_objects
 from controller.render import plan_for
 from controller.settings import Settings
 from kuberay.client import RAYJOBS, RAYSERVICES, KubeRayClient, merge_patch_diff
@@ -61,6 +70,8 @@ INFERENCE_CONFIG_KEY = "inference_config.yaml"
 MERGE_PATCH = "application/merge-patch+json"
 # Seconds any single API call may take; a hung connection must not hold a Workspace's lock forever.
 REQUEST_TIMEOUT = 30
+# The application's own /health answers at once; a slow one must not stall the reconcile.
+HEALTH_TIMEOUT = 5
 
 # AKS gives a node this much OS disk unless asked otherwise.
 AKS_DEFAULT_OS_DISK_GB = 128
@@ -314,11 +325,13 @@ class Reconciler:
             elif changed := _changed_keys(before.get("spec") or {}, rayservice["spec"]):
                 _event(obj, "Normal", "RayServiceUpdated", f"updated RayService {name}: {', '.join(changed)}")
             await self._apply_service(obj, service)
+        health = rayservice_health(current) if current is not None else None
         return Observation(
             generation,
             nodes=nodes,
             config=config_problem,
-            service=rayservice_health(current) if current is not None else None,
+            service=health,
+            adapters=await self._adapter_problem(ws) if health is not None and health.ready else None,
         )
 
     async def _tuning(self, ws: Workspace, obj: dict[str, Any], generation: int | None) -> Observation:
@@ -361,6 +374,39 @@ class Reconciler:
             config=config_problem,
             job=rayjob_progress(current) if current is not None else None,
         )
+
+    async def _adapter_problem(self, ws: Workspace) -> Problem | None:
+        """What the running application's `/health` says about its adapters: KubeRay only knows that
+        the application runs, not that an adapter image failed to pull. Read through the API server's
+        service proxy; without an answer (no endpoints yet, a timeout) KubeRay's verdict stands."""
+        assert ws.inference is not None
+        wanted = {adapter.source.name for adapter in ws.inference.adapters}
+        if not wanted:
+            return None
+        namespace, name = ws.metadata.namespace or "default", ws.metadata.name or ""
+        try:
+            # Unpreloaded, the client hands back the raw response (typed `str`, the proxied body, which
+            # it would otherwise turn into a Python repr of the parsed JSON).
+            response = cast(
+                urllib3.BaseHTTPResponse,
+                await asyncio.to_thread(
+                    self._core.connect_get_namespaced_service_proxy_with_path,
+                    f"{name}:{SERVICE_PORT}",
+                    namespace,
+                    "health",
+                    _preload_content=False,
+                    _request_timeout=HEALTH_TIMEOUT,
+                ),
+            )
+            try:
+                health = json.loads(response.data)
+            finally:
+                response.release_conn()
+        except (ApiException, urllib3.exceptions.HTTPError, ValueError) as exc:
+            detail = _api_error(exc) if isinstance(exc, ApiException) else repr(exc)
+            log.info("Workspace %s/%s: no adapter states from /health: %s", namespace, name, detail)
+            return None
+        return adapter_problem(health, wanted)
 
     # inputs
 

@@ -84,6 +84,8 @@ def cluster_role() -> dict[str, Any]:
             rule(["kaito.sh"], ["workspaces/finalizers"], ["update"]),
             rule(["ray.io"], ["rayservices", "rayjobs"], [*READ, "create", "patch", "delete"]),
             rule([""], ["services"], ["get", "create", "patch", "delete"]),
+            # The Workspace's own /health (adapter states), read through the API server's service proxy.
+            rule([""], ["services/proxy"], ["get"]),
             rule([""], ["configmaps"], ["get"]),
             rule([""], ["nodes"], READ),
             rule(["", "events.k8s.io"], ["events"], ["create", "patch"]),

@@ -54,9 +54,15 @@ def cache_dir(configured: str | None) -> Path:
 
 
 def docker_config_for(adapter: AdapterConfig, docker_config_dir: str | None) -> Path | None:
-    """The mounted dockerconfigjson of the adapter's first pull secret, if mounted."""
+    """The mounted dockerconfigjson of the adapter's first pull secret, if mounted.
+
+    Without a secrets directory (`kairay up`), the user's own docker config is used, as `docker pull`
+    would (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): Secrets exist only in a cluster.
+    """
     if not docker_config_dir:
-        return None
+        from tuning.images import default_docker_config
+
+        return default_docker_config()
     for secret in adapter.image_pull_secrets:
         candidate = Path(docker_config_dir) / secret / ".dockerconfigjson"
         if candidate.is_file():

@@ -10,6 +10,10 @@ collection and namespace termination; CRD-backed objects are validated by
 `controller.crds.schema.validate_object` (or any `validator`). Tests can inject errors and count
 requests. The server runs in a background thread with its own event loop; all state lives there.
 
+There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name}[:port]/proxy/{path}`)
+forwards to whatever URL a test registers for the Service with `set_service_proxy`, and answers
+503 "no endpoints available" like the real one for a Service with nothing behind it.
+
 Standalone: `python -m tests.harness.fake_apiserver --port 0 --kubeconfig out.yaml [--crd FILE]`.
 """
 
@@ -19,18 +23,21 @@ import argparse
 import asyncio
 import builtins
 import concurrent.futures
+import re
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import aiohttp
 import yaml
 from aiohttp import web
 
+from tests.harness.apiserver.errors import ApiError
 from tests.harness.apiserver.http import WRITE_VERBS, ApiServerApp, FaultRule, RequestRecord
 from tests.harness.apiserver.patches import JsonObj, deep_copy
 from tests.harness.apiserver.resources import ResourceRegistry, ResourceType
@@ -45,6 +52,8 @@ __all__ = ["WRITE_VERBS", "FakeApiServer", "FaultRule", "RequestRecord", "crd_de
 T = TypeVar("T")
 # `FakeApiServer.list` shadows the builtin inside the class body.
 JsonList = builtins.list[JsonObj]
+# /api/v1/namespaces/{ns}/services/{[scheme:]name[:port]}/proxy[/{path}]
+_SERVICE_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/]+)/proxy(?:/(.*))?$")
 
 
 def crd_validator(
@@ -91,6 +100,8 @@ class FakeApiServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        # (namespace, service name) -> base URL the service proxy forwards to
+        self._service_targets: dict[tuple[str, str], str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -127,9 +138,9 @@ class FakeApiServer:
     async def _serve(self) -> None:
         # handler_cancellation: a watch whose client disconnects ends at once instead of at its
         # next write, so idle abandoned watches don't pile up.
-        self._runner = web.AppRunner(
-            self.app.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
-        )
+        app = self.app.make_app()
+        app.middlewares.append(self._service_proxy)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024, reuse_address=True)
         await site.start()
@@ -160,6 +171,78 @@ class FakeApiServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    # --- service proxy -----------------------------------------------------------------------------
+
+    def set_service_proxy(self, namespace: str, name: str, url: str | None) -> None:
+        """Forward the service proxy of Service `namespace/name` to `url` (what its endpoints would
+        serve); None leaves the Service without endpoints again."""
+
+        def set_target() -> None:
+            if url is None:
+                self._service_targets.pop((namespace, name), None)
+            else:
+                self._service_targets[(namespace, name)] = url.rstrip("/")
+
+        self._call(set_target)
+
+    @web.middleware
+    async def _service_proxy(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        match = _SERVICE_PROXY.match(request.path)
+        if match is None:
+            return await handler(request)
+        namespace, target, path = match.group(1), match.group(2), match.group(3) or ""
+        # `name`, `name:port` or `scheme:name:port`, port by name or number.
+        parts = target.split(":")
+        name = parts[1] if len(parts) == 3 else parts[0]
+        port = parts[-1] if len(parts) > 1 else ""
+        started = time.monotonic()
+        verb = request.method.lower()
+        self.app.metrics.counts[(verb, "services/proxy")] += 1
+        try:
+            response = await self._forward(request, namespace, name, port, path)
+        except ApiError as exc:
+            response = web.json_response(exc.status(), status=exc.code)
+        self.app.metrics.log.append(
+            RequestRecord(
+                method=request.method,
+                path=request.path,
+                query=request.query_string,
+                content_type="",
+                verb=verb,
+                resource="services/proxy",
+                namespace=namespace,
+                name=name,
+                code=response.status,
+                duration=time.monotonic() - started,
+            )
+        )
+        return response
+
+    async def _forward(
+        self, request: web.Request, namespace: str, name: str, port: str, path: str
+    ) -> web.Response:
+        service = self.store.find(self.registry.find("services").storage_key, namespace, name)
+        if service is None:
+            raise ApiError(404, f'services "{name}" not found')
+        ports = service.get("spec", {}).get("ports") or []
+        if port and not any(port in (str(p.get("name", "")), str(p.get("port", ""))) for p in ports):
+            raise ApiError(503, f'no service port "{port}" found for service "{name}"')
+        base = self._service_targets.get((namespace, name))
+        if base is None:
+            raise ApiError(503, f'no endpoints available for service "{name}"')
+        url = f"{base}/{path}" + (f"?{request.query_string}" if request.query_string else "")
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.request(request.method, url, data=await request.read()) as answer,
+            ):
+                body = await answer.read()
+                return web.Response(body=body, status=answer.status, content_type=answer.content_type)
+        except aiohttp.ClientError as exc:
+            raise ApiError(503, f"error trying to reach service: {exc}") from None
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the server's loop (where all state lives) and return its result."""
