@@ -108,7 +108,7 @@ def local_ray() -> Iterator[None]:
     import ray
 
     if ray.is_initialized():
-        pytest.skip("another Ray session is already initialised in this process")
+        pytest.fail("another Ray session is already initialised in this process; this fixture needs its own")
     temp_dir = tempfile.mkdtemp(prefix="krt", dir="/tmp")
     with socket.socket() as sock:
         sock.bind(("", 0))
