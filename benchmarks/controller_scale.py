@@ -9,6 +9,8 @@ come from those watches (ms resolution; `creationTimestamp` has only seconds).
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from kubernetes import client, watch
 
 from benchmarks.context import Context
 from benchmarks.servers import Launched
-from benchmarks.settings import REPO
+from benchmarks.settings import FULL, RAW_DIR, REPO
 from controller.crds import load_crd
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_kuberay import FakeKubeRay, install_crds
@@ -278,3 +280,19 @@ def run(ctx: Context, count: int | None = None, timeout: float | None = None) ->
         "fake_kuberay_errors": fake.errors[:3],
         "targets": TARGETS,
     }
+
+
+def main() -> None:
+    """`python -m benchmarks.controller_scale [--count N]`: this section alone, for quick iterations;
+    prints the results as JSON and writes nothing under benchmarks/results but the raw logs."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.controller_scale")
+    parser.add_argument("--count", type=int, default=FULL.workspaces, help="Workspaces to create")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for all Ready")
+    args = parser.parse_args()
+    ctx = Context(FULL, RAW_DIR / "quick" / "raw")
+    ctx.raw_dir.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(run(ctx, args.count, args.timeout), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

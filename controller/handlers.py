@@ -1,17 +1,22 @@
 """The kopf operator: a Workspace becomes nodes, then a RayService + Service (inference) or a RayJob
 (tuning), and its status says honestly how far that got.
 
-Reconciling is level-based. `Reconciler.reconcile` reads the Workspace afresh and brings the cluster in
-line with it; every step is idempotent and keyed by deterministic names, so running it again (after a
+Reconciling is level-based. `Reconciler.reconcile` brings the cluster in line with the Workspace as
+last seen; every step is idempotent and keyed by deterministic names, so running it again (after a
 409, a crash or a restart) converges instead of duplicating. kopf calls it:
 
 - on create / update / resume of a Workspace;
 - on every event of a RayService or RayJob kairay owns, so the status follows KubeRay at once;
-- on a resync timer, for what is not watched: nodes, ConfigMaps, Azure agent pools.
+- from one resync task that visits every Workspace each `resync_seconds`, for what is not watched:
+  nodes, ConfigMaps, Azure agent pools.
 
-Runs for one Workspace are serialised by a per-Workspace lock. Deletion goes through a finalizer: the
-children are deleted explicitly (owner references would get them too, but later), then the node
-provisioner releases the nodes (an AKS pool is deleted), and only then does the finalizer go.
+Runs for one Workspace are serialised by a per-Workspace lock, and coalesced: events that arrive
+while a run is already waiting add nothing to it. A run reads the Workspace, its RayService and its
+Service from what the watches last delivered, not from the API server; every write that depends on
+such a copy carries its resourceVersion or is a create, so a stale copy ends in a 409, and the retry
+reads everything afresh. Deletion goes through a finalizer: the children are deleted explicitly
+(owner references would get them too, but later), then the node provisioner releases the nodes (an
+AKS pool is deleted), and only then does the finalizer go.
 
 The controller never reads Secrets: it references them by name in the manifests it writes.
 """
@@ -19,9 +24,11 @@ The controller never reads Secrets: it references them by name in the manifests 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +42,14 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.errors import FieldError
 from controller.api.validation import INSTANCE_TYPE, validate_workspace
-from controller.api.workspace import GROUP, STATE_FAILED, STATE_NOT_READY, Workspace, parse_workspace
+from controller.api.workspace import (
+    CONDITION_RESOURCE_READY,
+    GROUP,
+    STATE_FAILED,
+    STATE_NOT_READY,
+    Workspace,
+    parse_workspace,
+)
 from controller.conditions import (
     Observation,
     Problem,
@@ -53,7 +67,7 @@ from kuberay.cluster import GROUP as RAY_GROUP
 from kuberay.cluster import VERSION as RAY_VERSION
 from kuberay.status import rayjob_progress, rayservice_health
 from presets.models import resolve_preset
-from presets.sizing import plan_tuning
+from presets.sizing import InferencePlan, plan_tuning
 from presets.skus import UnknownInstanceTypeError, get_sku
 from tuning.config import TuningConfigError, load_configmap_data
 
@@ -66,6 +80,9 @@ FINALIZER = "kairay.io/finalizer"
 # kopf keeps its handler progress and last-handled spec in annotations under this prefix (the status
 # schema would prune kopf's own status fields).
 ANNOTATION_PREFIX = "kairay.io"
+# kopf's handler ids, which name its progress annotations.
+RECONCILE_ID = "reconcile"
+FINALIZE_ID = "finalize"
 INFERENCE_CONFIG_KEY = "inference_config.yaml"
 MERGE_PATCH = "application/merge-patch+json"
 # Seconds any single API call may take; a hung connection must not hold a Workspace's lock forever.
@@ -88,6 +105,7 @@ REASON_CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
 REASON_INVALID_CONFIGMAP = "InvalidConfigMap"
 
 T = TypeVar("T")
+Key = tuple[str, str]  # (namespace, name)
 EventType = Literal["Normal", "Warning"]
 ProvisionerFactory = Callable[[ApiClient], NodeProvisioner]
 ConfigurationLoader = Callable[[], Configuration]
@@ -239,17 +257,51 @@ class Reconciler:
         self._nodes = provisioner
         self._options = options
         self._clock = clock
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        # Reconciles waiting for their Workspace's lock: a run that has not started yet will see any
+        # later change too, so one waiter per Workspace is enough however many events arrive.
+        self._waiting: set[Key] = set()
+        # The latest Workspaces, RayServices and Services seen by the watches (or written here). A
+        # reconcile reads these rather than the API server; a stale copy only costs a 409 on the
+        # write that relied on it, after which the next attempt reads afresh.
+        self._workspaces: dict[Key, dict[str, Any]] = {}
+        self._rayservices: dict[Key, dict[str, Any]] = {}
+        self._services: dict[Key, dict[str, Any]] = {}
+        self._rendered: dict[str, tuple[list[dict[str, Any]], InferencePlan]] = {}
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
 
+    # what the watches report
+
+    def observe_workspace(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        _remember(self._workspaces, body, deleted)
+
+    def observe_rayservice(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        _remember(self._rayservices, body, deleted)
+
+    def observe_service(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        _remember(self._services, body, deleted)
+
+    def workspaces(self) -> list[Key]:
+        """Every Workspace the watch has reported and not seen deleted."""
+        return list(self._workspaces)
+
     async def reconcile(self, namespace: str, name: str) -> None:
-        """Reconcile until nothing conflicts; after `conflict_attempts` 409s kopf retries later."""
-        async with self._lock(namespace, name):
+        """Reconcile until nothing conflicts; after `conflict_attempts` 409s kopf retries later. Returns
+        at once when another reconcile of this Workspace is already waiting to start."""
+        key = (namespace, name)
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
+        try:
+            await self._lock(namespace, name).acquire()
+        finally:
+            self._waiting.discard(key)
+        try:
             for attempt in range(self._options.conflict_attempts):
                 try:
-                    await self._reconcile_once(namespace, name)
+                    await self._reconcile_once(namespace, name, fresh=attempt > 0)
                     return
                 except Conflict as exc:
                     log.info("Workspace %s/%s: %s; reading again", namespace, name, exc)
@@ -258,6 +310,8 @@ class Reconciler:
                 f"Workspace {namespace}/{name} kept conflicting with other writers",
                 delay=self._options.retry_delay_seconds,
             )
+        finally:
+            self._lock(namespace, name).release()
 
     async def finalize(self, namespace: str, name: str) -> None:
         """Delete the children, wait until they are gone, release the nodes. Raises TemporaryError while
@@ -279,31 +333,34 @@ class Reconciler:
 
     # one pass
 
-    async def _reconcile_once(self, namespace: str, name: str) -> None:
-        obj = await self._read_workspace(namespace, name)
+    async def _reconcile_once(self, namespace: str, name: str, *, fresh: bool) -> None:
+        """One pass; `fresh` reads every object from the API server instead of the watches' copies."""
+        cached = None if fresh else self._workspaces.get((namespace, name))
+        obj = cached if cached is not None else await self._read_workspace(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         kind: WorkloadKind = "inference" if obj.get("inference") is not None else "tuning"
         generation = obj["metadata"].get("generation")
-        errors = validate_workspace(obj)
+        errors = _validate(obj)
         if errors:
             observation = Observation(generation, invalid=catalog_problem(obj, errors))
         elif kind == "inference":
-            observation = await self._inference(parse_workspace(obj), obj, generation)
+            observation = await self._inference(parse_workspace(obj), obj, generation, fresh)
         else:
             observation = await self._tuning(parse_workspace(obj), obj, generation)
         await self._report(obj, kind, observation)
 
-    async def _inference(self, ws: Workspace, obj: dict[str, Any], generation: int | None) -> Observation:
+    async def _inference(
+        self, ws: Workspace, obj: dict[str, Any], generation: int | None, fresh: bool
+    ) -> Observation:
         assert ws.inference is not None
         overrides, config_problem = await self._engine_overrides(ws)
         try:
-            rayservice, service = render_objects(ws, self._options.settings, overrides)
+            (rayservice, service), plan = self._render(obj, ws, overrides)
         except ValueError as exc:
             # A custom pod template, or a name KubeRay cannot use (RenderError is a ValueError); the
             # catalogs were checked by validate_workspace.
             return Observation(generation, invalid=Problem(REASON_UNSUPPORTED_WORKSPACE, str(exc)))
-        plan = plan_for(ws, "cluster")
         nodes = await self._nodes.ensure(
             node_request(
                 ws,
@@ -314,17 +371,24 @@ class Reconciler:
             )
         )
         namespace, name = rayservice["metadata"]["namespace"], rayservice["metadata"]["name"]
-        current = await self._call(self._kuberay.get, RAYSERVICES, namespace, name)
+        if fresh:
+            current = await self._call(self._kuberay.get, RAYSERVICES, namespace, name)
+        else:
+            # Unseen by the watch means not there yet: a create that finds it after all gets a 409.
+            current = self._rayservices.get((namespace, name))
         # Children are created once the nodes are ready (pods would only sit Pending before), and kept
         # in sync from then on even while a node is away.
         if config_problem is None and (nodes.ready or current is not None):
             before = current
-            current = (await self._call(self._kuberay.apply_rayservice, rayservice)).object
+            applied = await self._call(self._kuberay.apply_rayservice, rayservice, current, read=False)
+            current = applied.object
+            if applied.action != "unchanged":
+                self.observe_rayservice(current)
             if before is None:
                 _event(obj, "Normal", "RayServiceCreated", f"created RayService {name}")
             elif changed := _changed_keys(before.get("spec") or {}, rayservice["spec"]):
                 _event(obj, "Normal", "RayServiceUpdated", f"updated RayService {name}: {', '.join(changed)}")
-            await self._apply_service(obj, service)
+            await self._apply_service(obj, service, fresh)
         health = rayservice_health(current) if current is not None else None
         return Observation(
             generation,
@@ -333,6 +397,22 @@ class Reconciler:
             service=health,
             adapters=await self._adapter_problem(ws) if health is not None and health.ready else None,
         )
+
+    def _render(
+        self, obj: Mapping[str, Any], ws: Workspace, overrides: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], InferencePlan]:
+        """`render_objects` and the plan, memoised on what they read: the editable Workspace (with its
+        uid, for the owner references) and the ConfigMap's overrides. Callers only read the objects."""
+        key = json.dumps(
+            [_editable(obj), obj["metadata"].get("uid"), overrides], sort_keys=True, default=repr
+        )
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = render_objects(ws, self._options.settings, overrides), plan_for(ws, "cluster")
+            if len(self._rendered) >= _MAX_MEMO:
+                self._rendered.clear()
+            self._rendered[key] = rendered
+        return rendered
 
     async def _tuning(self, ws: Workspace, obj: dict[str, Any], generation: int | None) -> Observation:
         assert ws.tuning is not None
@@ -450,22 +530,19 @@ class Reconciler:
 
     # writes
 
-    async def _apply_service(self, owner: dict[str, Any], desired: dict[str, Any]) -> None:
+    async def _apply_service(self, owner: dict[str, Any], desired: dict[str, Any], fresh: bool) -> None:
         metadata = desired["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
-        try:
-            existing = await asyncio.to_thread(
-                self._core.read_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            await self._call(
+        current = (
+            await self._read_service(namespace, name) if fresh else self._services.get((namespace, name))
+        )
+        if current is None:
+            created = await self._call(
                 self._core.create_namespaced_service, namespace, desired, _request_timeout=REQUEST_TIMEOUT
             )
+            self.observe_service(self._api.sanitize_for_serialization(created))
             _event(owner, "Normal", "ServiceCreated", f"created Service {name}")
             return
-        current = self._api.sanitize_for_serialization(existing)
         wanted = {
             "metadata": {"labels": metadata["labels"], "ownerReferences": metadata["ownerReferences"]},
             "spec": desired["spec"],
@@ -476,7 +553,7 @@ class Reconciler:
             "metadata": {**wanted["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
             "spec": desired["spec"],
         }
-        await self._call(
+        patched = await self._call(
             self._core.patch_namespaced_service,
             name,
             namespace,
@@ -484,7 +561,19 @@ class Reconciler:
             _content_type=MERGE_PATCH,
             _request_timeout=REQUEST_TIMEOUT,
         )
+        self.observe_service(self._api.sanitize_for_serialization(patched))
         _event(owner, "Normal", "ServiceUpdated", f"updated Service {name}")
+
+    async def _read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = await asyncio.to_thread(
+                self._core.read_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], self._api.sanitize_for_serialization(found))
 
     async def _report(self, obj: dict[str, Any], kind: WorkloadKind, observation: Observation) -> None:
         old = obj.get("status") or {}
@@ -498,7 +587,7 @@ class Reconciler:
             "metadata": {"resourceVersion": metadata["resourceVersion"]},
             "status": merge_patch_diff(old, new),
         }
-        await self._call(
+        patched = await self._call(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -509,11 +598,18 @@ class Reconciler:
             _content_type=MERGE_PATCH,
             _request_timeout=REQUEST_TIMEOUT,
         )
+        self.observe_workspace(cast(dict[str, Any], patched))
         failing = new.get("state") in (STATE_FAILED, STATE_NOT_READY)
+        was_true = {c.get("type") for c in old.get("conditions") or [] if c.get("status") == "True"}
         for condition in transitions(old, new):
-            kind_of_event: EventType = "Warning" if condition.status == "False" and failing else "Normal"
-            message = f"{condition.type} is {condition.status}: {condition.message}"
-            _event(obj, kind_of_event, condition.reason, message)
+            warning = condition.status == "False" and failing
+            # Events for failures, for every step of the node layer (a pool takes minutes), and for
+            # conditions turning True or leaving True; the pending reasons the workload passes through
+            # on its way up (ResourceNotReady, Initializing, ...) are only in the status.
+            nodes = condition.type == CONDITION_RESOURCE_READY
+            if warning or nodes or condition.status == "True" or condition.type in was_true:
+                message = f"{condition.type} is {condition.status}: {condition.message}"
+                _event(obj, "Warning" if warning else "Normal", condition.reason, message)
 
     async def _delete_children(self, obj: dict[str, Any]) -> list[str]:
         """Delete the RayService, RayJobs and Service of a Workspace; the ones still present after."""
@@ -597,6 +693,62 @@ def _disk_gb(weights_gb: float | None) -> int | None:
     return needed if needed > AKS_DEFAULT_OS_DISK_GB else None
 
 
+def _remember(cache: dict[Key, dict[str, Any]], body: Mapping[str, Any], deleted: bool) -> None:
+    """Keep `body` as the latest copy of its object unless the cache holds a newer one (a watch
+    event can overtake the answer to the write that caused it)."""
+    metadata = body.get("metadata") or {}
+    key = (str(metadata.get("namespace") or "default"), str(metadata.get("name") or ""))
+    if deleted:
+        cache.pop(key, None)
+        return
+    held = cache.get(key)
+    if held is None or not _older(metadata, held.get("metadata") or {}):
+        # Not copied: watch events and API answers are fresh objects, and nothing here modifies them.
+        cache[key] = dict(body)
+
+
+def _older(metadata: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether `metadata` describes an older version of the same object than `than`. resourceVersions
+    are opaque to clients, but the API server's are etcd revisions: compare them when both are."""
+    if metadata.get("uid") != than.get("uid"):
+        return False
+    mine, theirs = str(metadata.get("resourceVersion") or ""), str(than.get("resourceVersion") or "")
+    return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
+
+
+_KOPF_ANNOTATIONS = frozenset(
+    f"{ANNOTATION_PREFIX}/{key}" for key in ("last-handled-configuration", RECONCILE_ID, FINALIZE_ID)
+)
+# Memoised results are dropped all at once beyond this many.
+_MAX_MEMO = 10_000
+# Validation runs on every pass but depends only on what a user can edit (not on status or on the
+# resourceVersion), so its verdicts are memoised on that.
+_VALIDATIONS: dict[str, list[FieldError]] = {}
+
+
+def _editable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What a user can change in a Workspace: all but the status, the server's metadata and kopf's
+    bookkeeping annotations."""
+    metadata = obj.get("metadata") or {}
+    editable = {key: value for key, value in obj.items() if key not in ("metadata", "status")}
+    editable["metadata"] = {k: metadata.get(k) for k in ("name", "namespace", "labels")}
+    editable["metadata"]["annotations"] = {
+        k: v for k, v in (metadata.get("annotations") or {}).items() if k not in _KOPF_ANNOTATIONS
+    }
+    return editable
+
+
+def _validate(obj: Mapping[str, Any]) -> list[FieldError]:
+    key = json.dumps(_editable(obj), sort_keys=True, default=repr)
+    errors = _VALIDATIONS.get(key)
+    if errors is None:
+        errors = validate_workspace(dict(obj))
+        if len(_VALIDATIONS) >= _MAX_MEMO:
+            _VALIDATIONS.clear()
+        _VALIDATIONS[key] = errors
+    return errors
+
+
 def _changed_keys(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
     return sorted(key for key, value in desired.items() if current.get(key) != value)
 
@@ -637,11 +789,20 @@ class _Runtime:
     api: ApiClient | None = None
     provisioner: NodeProvisioner | None = None
     reconciler: Reconciler | None = None
+    resync: asyncio.Task[None] | None = None
+    # A context of kopf's object handlers: `kopf.event` posts through a queue that kopf puts there, so
+    # reconciles that the resync task starts run in a copy of it.
+    handler_context: contextvars.Context | None = None
 
     def get(self) -> Reconciler:
         if self.reconciler is None:
             raise kopf.TemporaryError("the controller is still starting", delay=1)
         return self.reconciler
+
+
+def _executor_threads() -> int:
+    # asyncio's default executor: ThreadPoolExecutor's default size.
+    return min(32, (os.cpu_count() or 1) + 4)
 
 
 def build_registry(
@@ -676,32 +837,73 @@ def build_registry(
         settings.posting.level = logging.WARNING
         # Renew watches regularly: a stream stalled behind a proxy would otherwise go unnoticed.
         settings.watching.server_timeout = 300
-        runtime.api = ApiClient(load_configuration())
+        configuration = load_configuration()
+        # Reconciles run their blocking calls in the default executor's threads; one pooled connection
+        # per thread, so that none opens a connection of its own (and drops it) under load.
+        configuration.connection_pool_maxsize = max(
+            configuration.connection_pool_maxsize, _executor_threads()
+        )
+        runtime.api = ApiClient(configuration)
         runtime.provisioner = make_provisioner(runtime.api)
         runtime.reconciler = Reconciler(runtime.api, runtime.provisioner, options)
+        runtime.resync = asyncio.create_task(resync_forever(runtime.reconciler))
+
+    async def resync_forever(reconciler: Reconciler) -> None:
+        """Every Workspace once per `resync_seconds`, spread over the period (one task for them all,
+        rather than a kopf timer per Workspace), for what no watch reports: nodes, ConfigMaps, pools."""
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            keys = reconciler.workspaces()
+            if not keys or runtime.handler_context is None:
+                await asyncio.sleep(options.resync_seconds)
+                continue
+            for namespace, name in keys:
+                await asyncio.sleep(options.resync_seconds / len(keys))
+                context = runtime.handler_context.copy()
+                task = asyncio.create_task(resync_one(reconciler, namespace, name), context=context)
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+    async def resync_one(reconciler: Reconciler, namespace: str, name: str) -> None:
+        try:
+            await reconciler.reconcile(namespace, name)
+        except ApiException as exc:
+            log.warning("Workspace %s/%s: resync: %s", namespace, name, _api_error(exc))
+        except kopf.TemporaryError as exc:
+            log.warning("Workspace %s/%s: resync: %s", namespace, name, exc)
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
+        if runtime.resync is not None:
+            runtime.resync.cancel()
         if runtime.provisioner is not None:
             await runtime.provisioner.close()
         if runtime.api is not None:
             runtime.api.close()
 
-    @kopf.on.create(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
-    @kopf.on.update(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
-    @kopf.on.resume(*WORKSPACES, id="reconcile", backoff=retry, registry=registry)
+    @kopf.on.create(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
+    @kopf.on.update(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
+    @kopf.on.resume(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
     async def changed(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(body, namespace, name)
 
-    @kopf.timer(
-        *WORKSPACES, interval=options.resync_seconds, initial_delay=options.resync_seconds, registry=registry
-    )
-    async def resync(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        await reconcile(body, namespace, name)
+    @kopf.on.event(*WORKSPACES, registry=registry)
+    async def workspace_seen(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+        runtime.get().observe_workspace(body, deleted=type == "DELETED")
+        if runtime.handler_context is None:
+            runtime.handler_context = contextvars.copy_context()
+
+    @kopf.on.event("", "v1", "services", labels=MANAGED_BY, registry=registry)
+    async def service_seen(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+        runtime.get().observe_service(body, deleted=type == "DELETED")
 
     @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICES, labels=MANAGED_BY, registry=registry)
     @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels=MANAGED_BY, registry=registry)
-    async def child_changed(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def child_changed(
+        *, type: str | None, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        if body.get("kind") == "RayService":
+            runtime.get().observe_rayservice(body, deleted=type == "DELETED")
         owner = labels.get(WORKSPACE_LABEL)
         if not owner:
             return
@@ -713,7 +915,7 @@ def build_registry(
         except kopf.TemporaryError as exc:
             log.warning("Workspace %s/%s: %s", namespace, owner, exc)
 
-    @kopf.on.delete(*WORKSPACES, id="finalize", backoff=retry, registry=registry)
+    @kopf.on.delete(*WORKSPACES, id=FINALIZE_ID, backoff=retry, registry=registry)
     async def deleted(*, body: kopf.Body, namespace: str | None, name: str, retry: int, **_: Any) -> None:
         if retry == 0:
             _event(body, "Normal", "Deleting", "deleting the children and releasing the nodes")

@@ -76,14 +76,20 @@ class KubeRayClient:
             raise
         return True
 
-    def apply_rayservice(self, desired: dict[str, Any]) -> ApplyResult:
+    def apply_rayservice(
+        self, desired: dict[str, Any], existing: dict[str, Any] | None = None, *, read: bool = True
+    ) -> ApplyResult:
         """Create the RayService, or patch it when its spec, labels, annotations or owner references
         differ from `desired`; otherwise leave it alone. The patch carries the resourceVersion that was
-        compared, so a concurrent writer makes it fail with 409 instead of being overwritten."""
+        compared, so a concurrent writer makes it fail with 409 instead of being overwritten.
+
+        `read=False` compares with `existing` (None: there is none) instead of reading the RayService,
+        for a caller that watches RayServices; a stale `existing` costs a 409, never a lost write."""
         desired = copy.deepcopy(desired)
         metadata = desired["metadata"]
         metadata.setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(desired["spec"])
-        existing = self.get(RAYSERVICES, metadata["namespace"], metadata["name"])
+        if read:
+            existing = self.get(RAYSERVICES, metadata["namespace"], metadata["name"])
         if existing is None:
             return ApplyResult("created", self.create(RAYSERVICES, desired))
         wanted = {

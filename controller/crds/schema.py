@@ -18,6 +18,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -303,14 +304,10 @@ def _run_rules(
     schema: dict[str, Any], value: Any, old: Any, has_old: bool, path: str, errors: list[FieldError]
 ) -> None:
     rules: list[dict[str, Any]] = schema.get("x-kubernetes-validations", [])
-    if rules:
-        # Converting to CEL values walks the whole subtree: do it once per node, not once per rule.
-        cel_self = json_to_cel(value)
-        cel_old = json_to_cel(old) if has_old else None
-        for rule in rules:
-            error = _evaluate_rule(rule, cel_self, cel_old, has_old, path)
-            if error is not None:
-                errors.append(error)
+    for rule in rules:
+        error = _evaluate_rule(rule, value, old, has_old, path)
+        if error is not None:
+            errors.append(error)
     if isinstance(value, dict):
         properties: dict[str, Any] = schema.get("properties", {})
         additional = schema.get("additionalProperties")
@@ -332,32 +329,84 @@ def _run_rules(
             _run_rules(schema["items"], item, None, False, f"{path}[{i}]", errors)
 
 
-def _evaluate_rule(
-    rule: dict[str, Any], cel_self: Any, cel_old: Any, has_old: bool, path: str
-) -> FieldError | None:
+def _evaluate_rule(rule: dict[str, Any], value: Any, old: Any, has_old: bool, path: str) -> FieldError | None:
     text: str = rule["rule"]
-    activation: dict[str, Any] = {"self": cel_self}
-    if _OLD_SELF.search(text):
-        if not has_old:
-            return None
-        activation["oldSelf"] = cel_old
+    reads = _reads(text)
+    if reads.old_self and not has_old:
+        return None
     field_path = rule.get("fieldPath", "")
     if field_path.startswith("["):
         path += field_path
     elif field_path:
         path = _join(path, field_path.lstrip("."))
     message: str = rule.get("message") or f"failed rule: {text}"
-    result: object
-    try:
-        result = _program(text).evaluate(activation)
-    except CELEvalError as exc:
-        result = exc
+    result = _verdict(text, reads, value, old if reads.old_self else None)
     if isinstance(result, CELEvalError):
         cause = result.args[0] if result.args else result
         return FieldError(path, f"{message} (rule could not be evaluated: {cause})")
     if not isinstance(result, celtypes.BoolType):
         return FieldError(path, f"{message} (rule returned {type(result).__name__}, not a bool)")
     return None if result else FieldError(path, message)
+
+
+# `self.name` / `oldSelf.name` read as a field (not a method call such as `self.all(...)`).
+_FIELD_READ = re.compile(r"\b(?:self|oldSelf)\.([A-Za-z_]\w*)\b(?!\s*\()")
+_ANY_READ = re.compile(r"\b(?:self|oldSelf)\b")
+# Verdicts are memoised: objects are validated again on every write (a status patch re-validates the
+# whole object), and interpreting a rule with cel-python costs about a millisecond.
+_VERDICTS: dict[tuple[str, str, str | None], object] = {}
+_MAX_VERDICTS = 20_000
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What a rule can see of its object: `fields` of self/oldSelf when it only reads fields by name
+    (then nothing else of the object can change its verdict), None when it uses them whole."""
+
+    old_self: bool
+    fields: frozenset[str] | None
+
+
+@functools.cache
+def _reads(rule: str) -> _Reads:
+    fields = frozenset(_FIELD_READ.findall(rule))
+    whole = len(_ANY_READ.findall(rule)) != len(_FIELD_READ.findall(rule))
+    return _Reads(bool(_OLD_SELF.search(rule)), None if whole else fields)
+
+
+def _visible(value: Any, reads: _Reads) -> Any:
+    if reads.fields is None or not isinstance(value, Mapping):
+        return value
+    return {key: value[key] for key in reads.fields if key in value}
+
+
+def _verdict(rule: str, reads: _Reads, value: Any, old: Any) -> object:
+    """The rule's result (a CEL bool, another CEL value or the CELEvalError) for `value` (and `old`
+    when the rule reads oldSelf)."""
+    seen, seen_old = _visible(value, reads), _visible(old, reads)
+    try:
+        key: tuple[str, str, str | None] | None = (
+            rule,
+            json.dumps(seen, sort_keys=True, default=repr),
+            json.dumps(seen_old, sort_keys=True, default=repr) if reads.old_self else None,
+        )
+    except (TypeError, ValueError):  # keys that are not strings: not worth memoising
+        key = None
+    if key is not None and key in _VERDICTS:
+        return _VERDICTS[key]
+    activation: dict[str, Any] = {"self": json_to_cel(seen)}
+    if reads.old_self:
+        activation["oldSelf"] = json_to_cel(seen_old)
+    result: object
+    try:
+        result = _program(rule).evaluate(activation)
+    except CELEvalError as exc:
+        result = exc
+    if key is not None:
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS[key] = result
+    return result
 
 
 _COMPILE_LOCK = threading.Lock()

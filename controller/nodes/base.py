@@ -10,10 +10,12 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from azure.mgmt.containerservice import models as aks
 from kubernetes.client import V1Node
+
+if TYPE_CHECKING:
+    from azure.mgmt.containerservice import models as aks
 
 # Kaito labels the nodes it provisions with the owning Workspace; kairay keeps the same keys so that
 # tools written for Kaito find kairay's nodes too.
@@ -171,6 +173,9 @@ def pool_node_labels(req: NodeRequest) -> dict[str, str]:
 
 def desired_agent_pool(req: NodeRequest) -> aks.AgentPool:
     """The agent pool a Workspace asks AKS for (a mapping in ARM wire format)."""
+    # Imported here: the Azure SDK is large and only the aks provisioner needs it.
+    from azure.mgmt.containerservice import models as aks
+
     props = aks.AgentPoolManagedClusterAgentPoolProfileProperties(
         vm_size=req.instance_type,
         count=req.node_count,

@@ -8,9 +8,10 @@ reported and left out.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
-from kubernetes.client import CoreV1Api
+from kubernetes.client import CoreV1Api, V1NodeList
 from kubernetes.client.exceptions import ApiException
 
 from controller.nodes.base import (
@@ -72,9 +73,15 @@ class GpuFacts:
 class ByoProvisioner:
     """`NodeProvisioner` over nodes the user already has (`--node-provisioner=byo`, `preferredNodes`)."""
 
-    def __init__(self, core_v1_api: CoreV1Api, *, polling_interval: float = 15.0) -> None:
+    def __init__(
+        self, core_v1_api: CoreV1Api, *, polling_interval: float = 15.0, listing_max_age: float = 2.0
+    ) -> None:
+        """`listing_max_age`: how long one node listing answers for every Workspace with the same
+        labelSelector (a burst of new Workspaces would otherwise list the nodes once each)."""
         self._core = core_v1_api
         self._poll = polling_interval
+        self._max_age = listing_max_age
+        self._listings: dict[str, tuple[float, asyncio.Future[V1NodeList]]] = {}
 
     async def close(self) -> None:
         """Nothing to close: the Kubernetes client belongs to the caller."""
@@ -86,7 +93,7 @@ class ByoProvisioner:
     async def ensure(self, req: NodeRequest) -> NodeReport:
         selector = req.label_selector()
         try:
-            nodes = await asyncio.to_thread(self._core.list_node, label_selector=selector or None)
+            nodes = await self._list(selector)
         except ApiException as exc:
             return self._report(
                 req,
@@ -148,6 +155,22 @@ class ByoProvisioner:
             mismatched=sorted(mismatched),
             retry=self._poll,
         )
+
+    async def _list(self, selector: str) -> V1NodeList:
+        now = time.monotonic()
+        cached = self._listings.get(selector)
+        if cached is None or now - cached[0] > self._max_age:
+            listing = asyncio.ensure_future(
+                asyncio.to_thread(self._core.list_node, label_selector=selector or None)
+            )
+            cached = self._listings[selector] = (now, listing)
+        try:
+            # Shielded: one caller being cancelled must not cancel the listing the others wait for.
+            return await asyncio.shield(cached[1])
+        except ApiException:
+            if self._listings.get(selector) is cached:
+                del self._listings[selector]  # the next Workspace asks again rather than reuse a failure
+            raise
 
     def _report(
         self,

@@ -21,6 +21,7 @@ errors in its threads are collected in `errors`.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import heapq
 import json
@@ -121,6 +122,48 @@ def schema_errors(obj: dict[str, Any], schema: dict[str, Any] | None = None) -> 
         f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
         for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
     ]
+
+
+class _SchemaChecker:
+    """`schema_errors`, cheaper for the many versions of one object: everything but the status is
+    checked once per content (the resourceVersion aside: the server sets it), the status each time."""
+
+    _MAX_MEMO = 10_000
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self._schema = schema
+        self._status: dict[str, jsonschema.Draft202012Validator] = {}
+        for kind, definition in schema.get("$defs", {}).items():
+            status_schema = (definition.get("properties") or {}).get("status")
+            if status_schema is not None:
+                self._status[kind] = jsonschema.Draft202012Validator(
+                    {**status_schema, "$defs": schema["$defs"]}
+                )
+        self._memo: dict[str, list[str]] = {}
+
+    def errors(self, obj: dict[str, Any]) -> list[str]:
+        status_validator = self._status.get(str(obj.get("kind")))
+        if status_validator is None:
+            return schema_errors(obj, self._schema)
+        rest = {key: value for key, value in obj.items() if key != "status"}
+        metadata = rest.get("metadata")
+        unversioned = rest
+        if isinstance(metadata, dict):
+            unversioned = {**rest, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
+        key = json.dumps(unversioned, sort_keys=True, default=repr)
+        found = self._memo.get(key)
+        if found is None:
+            found = schema_errors(rest, self._schema)
+            if len(self._memo) >= self._MAX_MEMO:
+                self._memo.clear()
+            self._memo[key] = found
+        problems = list(found)
+        if "status" in obj:
+            problems += [
+                f"{'.'.join(['status', *map(str, error.absolute_path)])}: {error.message}"
+                for error in status_validator.iter_errors(obj["status"])
+            ]
+        return sorted(problems, key=lambda problem: problem.partition(": ")[0])
 
 
 @dataclass(frozen=True)
@@ -240,7 +283,7 @@ class FakeKubeRay:
         self.job_run_seconds = job_run_seconds
         self._watch_timeout = watch_timeout_seconds
         self._random = random.Random(seed)
-        self._schema = load_schema()
+        self._schema = _SchemaChecker(load_schema())
         self._lock = threading.RLock()
         self._queue = _Queue()
         self._stop = threading.Event()
@@ -251,6 +294,8 @@ class FakeKubeRay:
         self._failures: dict[tuple[str | None, str], _Failure] = {}
         self._outcomes: dict[tuple[str | None, str], _Outcome] = {}
         self._seen_versions: set[tuple[str, str, str, str]] = set()
+        # What the watches last saw of each object that KubeRay reacts to (see `_observe`).
+        self._observed: dict[_Key, str] = {}
         self.violations: list[Violation] = []
         self.errors: list[str] = []
 
@@ -322,13 +367,17 @@ class FakeKubeRay:
     # threads
 
     def _watch(self, plural: str) -> None:
+        # Like an informer: list, then watch from the list's resourceVersion and resume each timed-out
+        # watch where it stopped; list again only after 410 Gone or an error.
+        resource_version: str | None = None
         while not self._stop.is_set():
             try:
-                listing = cast(
-                    dict[str, Any], self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
-                )
-                for item in listing.get("items") or []:
-                    self._queue.add((plural, item["metadata"]["namespace"], item["metadata"]["name"]))
+                if resource_version is None:
+                    listing = cast(
+                        dict[str, Any], self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+                    )
+                    self._on_listing(plural, listing.get("items") or [])
+                    resource_version = (listing.get("metadata") or {}).get("resourceVersion")
                 stream = watch.Watch()
                 with self._lock:
                     self._watches.append(stream)
@@ -338,39 +387,72 @@ class FakeKubeRay:
                         GROUP,
                         VERSION,
                         plural,
-                        resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
+                        resource_version=resource_version,
                         timeout_seconds=self._watch_timeout,
                         deserialize=False,
                     ):
-                        self._on_event(plural, event)
+                        resource_version = self._on_event(plural, event) or resource_version
                         if self._stop.is_set():
                             break
                 finally:
                     with self._lock:
                         self._watches.remove(stream)
             except ApiException as error:
+                resource_version = None
                 if error.status != 410 and not self._stop.is_set():
                     self._record_error(f"watch {plural}", error)
                 self._stop.wait(0.2)
             except Exception as error:  # connection drops while the server stops, bugs: keep watching
+                resource_version = None
                 if not self._stop.is_set():
                     self._record_error(f"watch {plural}", error)
                 self._stop.wait(0.2)
 
-    def _on_event(self, plural: str, event: dict[str, Any]) -> None:
+    def _on_listing(self, plural: str, items: list[dict[str, Any]]) -> None:
+        listed = set()
+        for item in items:
+            listed.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+            self._observe(plural, item)
+        with self._lock:
+            vanished = [key for key in self._observed if key[0] == plural and key[1:] not in listed]
+        for key in vanished:  # deleted while no watch ran: the reconcile finds them gone
+            self._queue.add(key)
+
+    def _on_event(self, plural: str, event: dict[str, Any]) -> str | None:
+        """Handle one watch event; its resourceVersion."""
         obj = event.get("object") or {}
         metadata = obj.get("metadata") or {}
-        if event.get("type") not in ("ADDED", "MODIFIED", "DELETED") or "name" not in metadata:
-            return
-        key = (metadata.get("namespace", ""), metadata["name"])
-        if event["type"] == "DELETED":
-            with self._lock:
-                if plural == "rayservices":
-                    self._services.pop(key, None)
-                else:
-                    self._jobs.pop(key, None)
-            return
-        self._queue.add((plural, *key))
+        if event.get("type") in ("ADDED", "MODIFIED", "DELETED") and "name" in metadata:
+            if event["type"] == "DELETED":
+                key = (metadata.get("namespace", ""), metadata["name"])
+                with self._lock:
+                    self._observed.pop((plural, *key), None)
+                    if plural == "rayservices":
+                        self._services.pop(key, None)
+                    else:
+                        self._jobs.pop(key, None)
+            else:
+                self._observe(plural, obj)
+        version = metadata.get("resourceVersion")
+        return str(version) if version else None
+
+    def _observe(self, plural: str, obj: dict[str, Any]) -> None:
+        """Queue the object if what KubeRay's controllers react to changed: like their predicates
+        (generation, labels, annotations), a status write alone does not trigger a reconcile."""
+        metadata = obj["metadata"]
+        key: _Key = (plural, metadata.get("namespace", ""), metadata["name"])
+        seen = json.dumps(
+            [
+                metadata.get(field)
+                for field in ("uid", "generation", "labels", "annotations", "deletionTimestamp")
+            ],
+            sort_keys=True,
+        )
+        with self._lock:
+            if self._observed.get(key) == seen:
+                return
+            self._observed[key] = seen
+        self._queue.add(key)
 
     def _work(self) -> None:
         while True:
@@ -713,7 +795,7 @@ class FakeKubeRay:
         if seen in self._seen_versions:
             return
         self._seen_versions.add(seen)
-        for problem in schema_errors(obj, self._schema):
+        for problem in self._schema.errors(obj):
             self._violation(obj, problem)
 
     def _violation(self, obj: dict[str, Any], problem: str) -> None:
@@ -742,7 +824,7 @@ class FakeKubeRay:
         updated["status"] = (
             {**status, "lastUpdateTime": _timestamp(time.time())} if plural == "rayservices" else status
         )
-        for problem in schema_errors(updated, self._schema):
+        for problem in self._schema.errors(updated):
             self._violation(updated, f"(written by fake KubeRay) {problem}")
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         self._custom.replace_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, updated)
@@ -772,7 +854,7 @@ class FakeKubeRay:
             },
             "spec": copy.deepcopy(cluster_config),
         }
-        for problem in schema_errors(body, self._schema):
+        for problem in self._schema.errors(body):
             self._violation(body, f"(RayCluster made from {owner_kind} {owner_name}) {problem}")
         self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "rayclusters", body)
         if self._owner_gone(owner):
@@ -821,6 +903,8 @@ def _cluster_hash(cluster_config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+# Cached: the status of a RayService is computed from the same config again and again; callers only read.
+@functools.lru_cache(maxsize=1024)
 def _serve_applications(serve_config: str) -> dict[str, list[str]] | None:
     """Application name -> deployment names declared in a serveConfigV2 string; None if it is not a valid
     Serve config (KubeRay would fail to deploy it)."""
