@@ -11,41 +11,44 @@ replicas, interleaved, and differ only in routing. Every other request takes kai
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
 
-from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.context import _set_request_context
 
 from benchmarks.settings import RANDOM_SUFFIX
 from serve_apps import app as kairay_app
 from serve_apps.ingress import Ingress
-from serve_apps.llm_server import Kind, LLMServer
+from serve_apps.llm_server import LLMServer
+from serve_apps.routes import Answer, Kind, StreamHead
+
+
+def _unrouted(adapter: str) -> str:
+    # No multiplexed model id: the router ignores adapter placement. The replica reads the adapter
+    # from the request's `model`, which still carries the suffix.
+    return "" if adapter.endswith(RANDOM_SUFFIX) else adapter
 
 
 class RandomRoutingIngress(Ingress):
-    def _adapter_for(self, model: str | None) -> str | JSONResponse:
-        if model is None or not model.endswith(RANDOM_SUFFIX):
-            return super()._adapter_for(model)
-        adapter = super()._adapter_for(model.removesuffix(RANDOM_SUFFIX))
-        return adapter if isinstance(adapter, JSONResponse) else model
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        super().reconfigure(user_config)
+        self.adapters = {**self.adapters, **{name + RANDOM_SUFFIX: a for name, a in self.adapters.items()}}
 
-    async def _forward(self, route: str, kind: str, parsed: Any, adapter: str) -> Any:
-        if adapter.endswith(RANDOM_SUFFIX):
-            # No multiplexed model id: the router ignores adapter placement. The replica reads the
-            # adapter from `parsed.model`, which still carries the suffix.
-            return await super()._forward(route, kind, parsed, "")
-        return await super()._forward(route, kind, parsed, adapter)
+    async def generate(self, kind: Kind, request: Any, adapter: str) -> Answer:
+        return await super().generate(kind, request, _unrouted(adapter))
+
+    async def stream(self, kind: Kind, request: Any, adapter: str) -> tuple[StreamHead, AsyncIterator[str]]:
+        return await super().stream(kind, request, _unrouted(adapter))
 
 
 class RandomRoutingLLMServer(LLMServer):
-    async def _call(self, kind: Kind, request: Any) -> Any:
+    async def _call(self, kind: Kind, request: Any, adapter_name: str) -> Any:
         model = getattr(request, "model", None) or ""
-        if model.endswith(RANDOM_SUFFIX) and not serve.get_multiplexed_model_id():
+        if model.endswith(RANDOM_SUFFIX) and not adapter_name:
             # From here on the request is resolved exactly like a multiplexed one.
-            _set_request_context(multiplexed_model_id=model.removesuffix(RANDOM_SUFFIX))
-        return await super()._call(kind, request)
+            adapter_name = model.removesuffix(RANDOM_SUFFIX)
+        return await super()._call(kind, request, adapter_name)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

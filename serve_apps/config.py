@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 LLM_DEPLOYMENT = "LLMServer"
 INGRESS_DEPLOYMENT = "Ingress"
 IMPORT_PATH = "serve_apps.app:build_app"
+# Requests a one-replica app lets through beyond its admitted generations: probes, metrics scrapes.
+CONTROL_HEADROOM = 16
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -111,6 +113,25 @@ class AppConfig(_Strict):
     )
 
     @property
+    def direct(self) -> bool:
+        """One fixed replica: nothing to route, so the replica serves HTTP without an ingress."""
+        return self.autoscaling is None and self.num_replicas == 1
+
+    def serve_limits(self) -> tuple[int, int]:
+        """(max_ongoing_requests, max_queued_requests) of the LLM deployment in Serve.
+
+        Without an ingress the replica admits requests itself (`serve_apps.direct`), so Serve's own
+        limits sit above the admitted ongoing + queued: room for probes and scrapes, and a proxy
+        queue deep enough that a burst reaches the replica (which refuses the excess at once)
+        instead of being dropped in plain text by the proxy.
+        """
+        limits = self.limits
+        if self.direct:
+            admitted = limits.max_ongoing_requests + limits.max_queued_requests + CONTROL_HEADROOM
+            return admitted, admitted
+        return limits.max_ongoing_requests, limits.max_queued_requests
+
+    @property
     def max_model_len(self) -> int | None:
         value = self.engine_args.get("max_model_len")
         return int(value) if value is not None else None
@@ -124,16 +145,20 @@ def serve_config(app: AppConfig, route_prefix: str = "/") -> dict[str, Any]:
         # A fresh dict each time: shared objects would come out as YAML anchors in manifests.
         return AdaptersConfig(adapters=app.adapters).model_dump(mode="json")
 
+    max_ongoing, max_queued = app.serve_limits()
     llm: dict[str, Any] = {
         "name": LLM_DEPLOYMENT,
         "user_config": user_config(),
-        "max_ongoing_requests": app.limits.max_ongoing_requests,
-        "max_queued_requests": app.limits.max_queued_requests,
+        "max_ongoing_requests": max_ongoing,
+        "max_queued_requests": max_queued,
     }
     if app.autoscaling is not None:
         llm["autoscaling_config"] = app.autoscaling.model_dump(mode="json")
     else:
         llm["num_replicas"] = app.num_replicas
+    deployments = [llm]
+    if not app.direct:
+        deployments.append({"name": INGRESS_DEPLOYMENT, "user_config": user_config()})
     return {
         "applications": [
             {
@@ -141,7 +166,7 @@ def serve_config(app: AppConfig, route_prefix: str = "/") -> dict[str, Any]:
                 "route_prefix": route_prefix,
                 "import_path": IMPORT_PATH,
                 "args": args,
-                "deployments": [llm, {"name": INGRESS_DEPLOYMENT, "user_config": user_config()}],
+                "deployments": deployments,
             }
         ]
     }

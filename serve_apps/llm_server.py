@@ -21,12 +21,16 @@ from ray import serve
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from serve_apps import adapters as adapter_store
-from serve_apps.config import AdaptersConfig, AppConfig
+from serve_apps.config import AdapterConfig, AdaptersConfig, AppConfig
 from serve_apps.protocol import EngineError, LLMEngine, LoadedAdapter, error_response
+from serve_apps.routes import Answer, Kind, StreamHead
 
 logger = logging.getLogger("ray.serve")
 
-Kind = str  # "chat" | "completions"
+
+async def _no_lines() -> AsyncIterator[str]:
+    return
+    yield
 
 
 def resolve_model_path(config: AppConfig) -> str:
@@ -75,6 +79,7 @@ class LLMServer:
         self._cache = adapter_store.cache_dir(self.config.adapter_cache)
         self._materialized: dict[str, LoadedAdapter] = {}
         self._states: dict[str, adapter_store.AdapterState] = {}
+        self.adapter_configs: dict[str, AdapterConfig] = {}
         self._config_lock = asyncio.Lock()
         self.started_at = time.time()
         model_path = await asyncio.get_running_loop().run_in_executor(None, resolve_model_path, self.config)
@@ -124,14 +129,14 @@ class LLMServer:
                 await self.engine.unload_adapter(name)
             self._materialized = materialized
             self._states = states
+            self.adapter_configs = {a.name: a for a in wanted}
 
     async def _load_adapter_by_id(self, name: str) -> _AdapterHandle:
         adapter = self._materialized[name]
         await self.engine.load_adapter(adapter)
         return _AdapterHandle(adapter, self.engine.unload_adapter)
 
-    async def _resolve_adapter(self) -> LoadedAdapter | ErrorResponse | None:
-        name = serve.get_multiplexed_model_id()
+    async def _resolve_adapter(self, name: str) -> LoadedAdapter | ErrorResponse | None:
         if not name:
             return None
         if name not in self._materialized:
@@ -156,17 +161,17 @@ class LLMServer:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    async def _call(self, kind: Kind, request: Any) -> Any:
-        adapter = await self._resolve_adapter()
+    async def _call(self, kind: Kind, request: Any, adapter_name: str) -> Any:
+        adapter = await self._resolve_adapter(adapter_name)
         if isinstance(adapter, ErrorResponse):
             return adapter
         if kind == "chat":
             return await self.engine.chat(request, adapter)
         return await self.engine.completions(request, adapter)
 
-    async def handle(self, kind: Kind, request: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Non-streaming: (status, JSON body, headers)."""
-        result = await self._call(kind, request)
+    async def answer(self, kind: Kind, request: Any, adapter_name: str) -> Answer:
+        """A whole (non-streaming) answer: (status, JSON body, headers)."""
+        result = await self._call(kind, request, adapter_name)
         headers = self.replica_headers()
         if isinstance(result, ErrorResponse):
             return result.error.code, result.model_dump(), headers
@@ -174,15 +179,30 @@ class LLMServer:
             return 500, error_response("engine streamed a non-streaming request").model_dump(), headers
         return 200, result.model_dump(exclude_none=True), headers
 
-    async def handle_stream(self, kind: Kind, request: Any) -> AsyncIterator[Any]:
-        """Streaming: first an envelope (status, body-or-None, headers), then SSE lines."""
-        result = await self._call(kind, request)
+    async def open_stream(
+        self, kind: Kind, request: Any, adapter_name: str
+    ) -> tuple[StreamHead, AsyncIterator[str]]:
+        """A streamed answer: its head, carrying the first SSE line, and the remaining lines."""
+        result = await self._call(kind, request, adapter_name)
         headers = self.replica_headers()
         if isinstance(result, ErrorResponse):
-            yield (result.error.code, result.model_dump(), headers)
-            return
-        yield (200, None, headers)
-        async for line in result:
+            return (result.error.code, result.model_dump(), headers, []), _no_lines()
+        try:
+            first = [await anext(result)]
+        except StopAsyncIteration:
+            first = []
+        return (200, None, headers, first), result
+
+    # Through a handle (the ingress of a multi-replica app): the adapter is the multiplexed model
+    # id, which is what let Serve route the request to a replica holding it.
+    async def handle(self, kind: Kind, request: Any) -> Answer:
+        return await self.answer(kind, request, serve.get_multiplexed_model_id())
+
+    async def handle_stream(self, kind: Kind, request: Any) -> AsyncIterator[Any]:
+        """The head first, then the remaining SSE lines."""
+        head, rest = await self.open_stream(kind, request, serve.get_multiplexed_model_id())
+        yield head
+        async for line in rest:
             yield line
 
     def replica_headers(self) -> dict[str, str]:

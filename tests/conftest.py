@@ -49,8 +49,16 @@ SERVED_LIMITS = {"kairay.io/max-ongoing-requests": "4", "kairay.io/max-queued-re
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, lora_adapters: dict[str, Path]
 ) -> Iterator[KairayUp]:
-    """`kairay up` of the local model with two adapters: adapter-a, and the same weights at strength 0."""
+    """`kairay up` of the local model with two adapters: adapter-a, and the same weights at strength 0.
+
+    Both topologies serve the same contract, so each engine takes one: vLLM the one-replica app
+    (the replica answers HTTP), transformers an autoscaled app (1 to 1 replicas), which has the
+    adapter-aware ingress in front.
+    """
     runtime = request.param
+    annotations = dict(SERVED_LIMITS)
+    if runtime == "transformers":
+        annotations.update({"kairay.io/min-replicas": "1", "kairay.io/max-replicas": "1"})
     ws = workspace(
         f"smol-{runtime}",
         runtime=runtime,
@@ -58,7 +66,7 @@ def served(
             {"name": "adapter-a", "path": lora_adapters["adapter-a"], "strength": "1.0"},
             {"name": "adapter-zero", "path": lora_adapters["adapter-a"], "strength": "0"},
         ],
-        annotations=SERVED_LIMITS,
+        annotations=annotations,
     )
     with kairay_up(tmp_path_factory.mktemp(f"up-{runtime}"), ws) as up:
         yield up

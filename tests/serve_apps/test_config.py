@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_apps.config import INGRESS_DEPLOYMENT, LLM_DEPLOYMENT, AdaptersConfig, AppConfig, serve_config
+from serve_apps.config import (
+    CONTROL_HEADROOM,
+    INGRESS_DEPLOYMENT,
+    LLM_DEPLOYMENT,
+    AdaptersConfig,
+    AppConfig,
+    serve_config,
+)
 
 
 def app(**overrides: object) -> AppConfig:
@@ -15,7 +22,7 @@ def app(**overrides: object) -> AppConfig:
 
 
 def test_adapters_travel_as_user_config_not_args() -> None:
-    config = serve_config(app(adapters=[{"name": "a", "path": "/x", "strength": 0.5}]))
+    config = serve_config(app(num_replicas=2, adapters=[{"name": "a", "path": "/x", "strength": 0.5}]))
     application = config["applications"][0]
     assert "adapters" not in application["args"]
     by_name = {d["name"]: d for d in application["deployments"]}
@@ -23,6 +30,25 @@ def test_adapters_travel_as_user_config_not_args() -> None:
     assert by_name[INGRESS_DEPLOYMENT]["user_config"] == by_name[LLM_DEPLOYMENT]["user_config"]
     # Separate objects, so YAML output carries no anchors.
     assert by_name[INGRESS_DEPLOYMENT]["user_config"] is not by_name[LLM_DEPLOYMENT]["user_config"]
+
+
+def test_one_replica_serves_http_itself_and_admits_its_own_load() -> None:
+    config = app(limits={"max_ongoing_requests": 8, "max_queued_requests": 4})
+    deployments = serve_config(config)["applications"][0]["deployments"]
+    assert [d["name"] for d in deployments] == [LLM_DEPLOYMENT]
+    # The replica refuses beyond 8 + 4 itself (a JSON error); Serve lets probes through above that.
+    assert deployments[0]["max_ongoing_requests"] == 8 + 4 + CONTROL_HEADROOM
+    assert deployments[0]["max_queued_requests"] == 8 + 4 + CONTROL_HEADROOM
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"num_replicas": 2}, {"autoscaling": {"min_replicas": 1, "max_replicas": 1}}]
+)
+def test_replicas_that_may_be_many_get_an_adapter_aware_ingress(overrides: dict[str, object]) -> None:
+    config = app(limits={"max_ongoing_requests": 8, "max_queued_requests": 4}, **overrides)
+    deployments = serve_config(config)["applications"][0]["deployments"]
+    assert [d["name"] for d in deployments] == [LLM_DEPLOYMENT, INGRESS_DEPLOYMENT]
+    assert (deployments[0]["max_ongoing_requests"], deployments[0]["max_queued_requests"]) == (8, 4)
 
 
 def test_adapter_change_leaves_args_unchanged() -> None:
