@@ -8,8 +8,9 @@ PYTHON="${PYTHON:-python3}"
 EXTRAS="${KAIRAY_EXTRAS:-cpu,dev}"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Keyed on the dependency lists (not the whole pyproject: tool settings don't change what's installed).
-deps="$("$PYTHON" -c 'import json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(json.dumps([p["dependencies"], p["optional-dependencies"]]))')"
+# Keyed on the dependency lists and entry points (not the whole pyproject: tool settings don't change
+# what's installed).
+deps="$("$PYTHON" -c 'import json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(json.dumps([p["dependencies"], p["optional-dependencies"], p.get("scripts"), p.get("entry-points")]))')"
 key="$( (echo "$deps"; cat scripts/install.sh) | sha256sum | cut -c1-16)-$EXTRAS"
 stamp="$("$PYTHON" -c 'import sys; print(sys.prefix)')/.kairay-install-$key"
 
