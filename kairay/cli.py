@@ -14,9 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from controller.api.workspace import Workspace
+    from controller.render import Rendered
+    from serve_apps.local import CoreSplit
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -138,14 +143,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from controller.render import RenderError, render
     from serve_apps import local
 
     ws = _one(args.file)
-    try:
-        rendered = render(ws, "local")
-    except RenderError as exc:
-        raise UserError(f"{args.file}: {exc}") from None
+    joining = os.environ.get("RAY_ADDRESS")
+    split = None
+    if not joining and ws.runtime == "vllm" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        split = local.split_cores(os.sched_getaffinity(0))
+    rendered = _render_local(ws, args.file, split)
     app = rendered.app
     if app.model.local:
         from presets.local_model import LocalModelError, prepare
@@ -155,9 +160,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         except LocalModelError as exc:
             raise UserError(str(exc)) from None
     started = time.monotonic()
-    joining = os.environ.get("RAY_ADDRESS")
     print(f"starting Ray (joining {joining})…" if joining else "starting Ray…")
-    endpoint = local.start_ray(num_cpus=args.num_cpus, dashboard_port=args.dashboard_port)
+    if split is not None:
+        print(f"  model worker on core(s) {split.engine_binding}; Ray and Serve on {list(split.system)}")
+    endpoint = local.start_ray(
+        num_cpus=args.num_cpus or len(os.sched_getaffinity(0)),
+        dashboard_port=args.dashboard_port,
+        system_cores=split.system if split else None,
+    )
     stop = _install_stop_handlers()
     try:
         print(f"deploying {app.name}: {app.model.name} on {app.runtime}, {len(app.adapters)} adapter(s)")
@@ -173,7 +183,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  API:       http://{host}:{args.port}  (POST /chat, /v1/chat/completions, /v1/completions)")
         print(f"  dashboard: {endpoint.dashboard_url}")
         print("edit the file to change adapters live; Ctrl-C stops", flush=True)
-        _serve_until_stopped(args, endpoint, stop)
+        _serve_until_stopped(args, endpoint, stop, split)
     except local.DeployError as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -219,9 +229,24 @@ def _install_stop_handlers() -> dict[str, bool]:
     return stop
 
 
-def _serve_until_stopped(args: argparse.Namespace, endpoint: Any, stop: dict[str, bool]) -> None:
+def _render_local(ws: Workspace, file: str, split: CoreSplit | None) -> Rendered:
+    """The Workspace rendered for this machine, with the engine bound to its share of the cores."""
+    from controller.render import Rendered, RenderError, render
+
+    try:
+        rendered = render(ws, "local")
+    except RenderError as exc:
+        raise UserError(f"{file}: {exc}") from None
+    if split is None:
+        return rendered
+    env = {**rendered.app.env, "VLLM_CPU_OMP_THREADS_BIND": split.engine_binding}
+    return Rendered(app=rendered.app.model_copy(update={"env": env}), plan=rendered.plan)
+
+
+def _serve_until_stopped(
+    args: argparse.Namespace, endpoint: Any, stop: dict[str, bool], split: CoreSplit | None
+) -> None:
     """Block until Ctrl-C, re-applying the Workspace when its file changes (adapters hot-reload)."""
-    from controller.render import RenderError, render
     from serve_apps import local
 
     path = Path(args.file)
@@ -236,10 +261,10 @@ def _serve_until_stopped(args: argparse.Namespace, endpoint: Any, stop: dict[str
             continue
         seen = mtime
         try:
-            rendered = render(_one(args.file), "local")
+            rendered = _render_local(_one(args.file), args.file, split)
             local.deploy(endpoint.dashboard_url, rendered.serve_config, host=args.host, port=args.port)
             print(f"re-applied {args.file}: {len(rendered.app.adapters)} adapter(s)", flush=True)
-        except (UserError, RenderError, local.DeployError) as exc:
+        except (UserError, local.DeployError) as exc:
             print(f"not re-applied: {exc}", file=sys.stderr, flush=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,45 @@ def local_env() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class CoreSplit:
+    """Which cores the vLLM-CPU model worker gets, and which everything else shares."""
+
+    engine: tuple[int, ...]
+    system: tuple[int, ...]
+
+    @property
+    def engine_binding(self) -> str:
+        """The value of vLLM's VLLM_CPU_OMP_THREADS_BIND for one worker."""
+        return ",".join(str(core) for core in self.engine)
+
+
+def split_cores(available: Collection[int]) -> CoreSplit | None:
+    """The model worker alone on every core but the last; Ray, Serve and the engine's front end there.
+
+    vLLM-CPU binds its worker to cores, but every other process floats: on a laptop-sized machine
+    Ray's daemons, Serve's proxy and controller and the replica then preempt the worker mid-step.
+    Measured on 2 cores (BENCHMARKS.md). None when there is a single core to share.
+    """
+    cores = sorted(available)
+    if len(cores) < 2:
+        return None
+    return CoreSplit(engine=tuple(cores[:-1]), system=(cores[-1],))
+
+
 def start_ray(
     *,
     address: str | None = None,
     num_cpus: int | None = None,
     temp_dir: str | None = None,
     dashboard_port: int = 8265,
+    system_cores: Collection[int] | None = None,
 ) -> RayEndpoint:
-    """Join `address` (or RAY_ADDRESS) if given, else start Ray in this process with a dashboard."""
+    """Join `address` (or RAY_ADDRESS) if given, else start Ray in this process with a dashboard.
+
+    `system_cores`: when Ray starts here, it and every process it starts run on these cores (they
+    inherit this process's affinity); a vLLM-CPU worker still binds to its own.
+    """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -58,6 +89,8 @@ def start_ray(
         info = ray.init(address=address, log_to_driver=False)
         return RayEndpoint(_with_scheme(info.dashboard_url or ""), started_here=False)
     Path(temp_dir or DEFAULT_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+    if system_cores:
+        os.sched_setaffinity(0, set(system_cores))
     info = ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,

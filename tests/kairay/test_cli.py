@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_up_shows_running_app_on_the_dashboard(served: KairayUp) -> None:
     # One fixed replica answers HTTP itself; an autoscaled app has the ingress (tests/conftest.py).
     expected = {"LLMServer"} if served.runtime == "vllm" else {"LLMServer", "Ingress"}
     assert set(app["deployments"]) == expected
+
+
+@pytest.mark.e2e
+def test_up_gives_the_vllm_worker_its_own_cores(served: KairayUp) -> None:
+    import psutil
+
+    assert served.process is not None
+    tree = psutil.Process(served.process.pid).children(recursive=True)
+    by_title = {p.pid: " ".join(p.cmdline()) for p in tree}
+    workers = [p for p in tree if "VLLM::Worker" in by_title[p.pid]]
+    others = [p for p in tree if "VLLM::Worker" not in by_title[p.pid]]
+    available = sorted(os.sched_getaffinity(0))
+    if served.runtime != "vllm" or len(available) < 2:
+        # transformers uses every core from the replica; one core has nothing to split.
+        assert not workers
+        assert all(sorted(p.cpu_affinity()) == available for p in others)
+        return
+    assert len(workers) == 1
+    assert workers[0].cpu_affinity() == available[:-1]
+    # Ray's daemons, Serve's proxy and controller, the replica and vLLM's engine core share the last.
+    assert others and all(p.cpu_affinity() == available[-1:] for p in others), {
+        by_title[p.pid][:60]: p.cpu_affinity() for p in others
+    }
