@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from http import HTTPStatus
@@ -80,6 +81,8 @@ class LLMServer:
         self._materialized: dict[str, LoadedAdapter] = {}
         self._states: dict[str, adapter_store.AdapterState] = {}
         self.adapter_configs: dict[str, AdapterConfig] = {}
+        self._in_use: Counter[str] = Counter()
+        self._unload_when_idle: set[str] = set()
         self._config_lock = asyncio.Lock()
         self.started_at = time.time()
         model_path = await asyncio.get_running_loop().run_in_executor(None, resolve_model_path, self.config)
@@ -126,7 +129,7 @@ class LLMServer:
                         adapter.name, False, exc.reason, exc.message
                     )
             for name in set(self._materialized) - set(materialized):
-                await self.engine.unload_adapter(name)
+                await self._unload(name)
             self._materialized = materialized
             self._states = states
             self.adapter_configs = {a.name: a for a in wanted}
@@ -134,7 +137,35 @@ class LLMServer:
     async def _load_adapter_by_id(self, name: str) -> _AdapterHandle:
         adapter = self._materialized[name]
         await self.engine.load_adapter(adapter)
-        return _AdapterHandle(adapter, self.engine.unload_adapter)
+        # Loaded again (or still) wanted: a deferred unload must not take it away.
+        self._unload_when_idle.discard(name)
+        return _AdapterHandle(adapter, self._unload)
+
+    async def _unload(self, name: str) -> None:
+        """Unload an adapter the multiplexer evicted or the config dropped, once no request uses it.
+
+        Serve's LRU evicts without knowing about requests still generating with the adapter; an
+        immediate unload would fail them with a 404 from the engine.
+        """
+        if self._in_use[name]:
+            self._unload_when_idle.add(name)
+        else:
+            await self.engine.unload_adapter(name)
+
+    async def _release(self, name: str) -> None:
+        self._in_use[name] -= 1
+        if not self._in_use[name]:
+            del self._in_use[name]
+            if name in self._unload_when_idle:
+                self._unload_when_idle.discard(name)
+                await self.engine.unload_adapter(name)
+
+    async def _released_after(self, lines: AsyncIterator[str], name: str) -> AsyncIterator[str]:
+        try:
+            async for line in lines:
+                yield line
+        finally:
+            await self._release(name)
 
     async def _resolve_adapter(self, name: str) -> LoadedAdapter | ErrorResponse | None:
         if not name:
@@ -162,9 +193,25 @@ class LLMServer:
     # ---- requests -------------------------------------------------------------------------------
 
     async def _call(self, kind: Kind, request: Any, adapter_name: str) -> Any:
-        adapter = await self._resolve_adapter(adapter_name)
-        if isinstance(adapter, ErrorResponse):
-            return adapter
+        if not adapter_name:
+            return await self._generate(kind, request, None)
+        # Counted before resolving: an eviction while this request waits must wait for it too.
+        self._in_use[adapter_name] += 1
+        try:
+            adapter = await self._resolve_adapter(adapter_name)
+            if isinstance(adapter, ErrorResponse):
+                result: Any = adapter
+            else:
+                result = await self._generate(kind, request, adapter)
+        except BaseException:
+            await self._release(adapter_name)
+            raise
+        if isinstance(result, AsyncIterator):
+            return self._released_after(result, adapter_name)
+        await self._release(adapter_name)
+        return result
+
+    async def _generate(self, kind: Kind, request: Any, adapter: LoadedAdapter | None) -> Any:
         if kind == "chat":
             return await self.engine.chat(request, adapter)
         return await self.engine.completions(request, adapter)

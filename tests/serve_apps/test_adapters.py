@@ -81,3 +81,50 @@ def test_adding_an_adapter_to_a_live_app(served: KairayUp, lora_adapters: dict[s
     # Same replica: the engine took the new adapter without a restart.
     assert replica_after == replica_before
     assert b_text != base_text
+
+
+def _stream(http: httpx.Client, model: str) -> tuple[int, str]:
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        text = "".join(response.iter_text())
+    return response.status_code, text
+
+
+def test_more_adapters_in_flight_than_a_replica_holds(
+    served: KairayUp, lora_adapters: dict[str, Path]
+) -> None:
+    """The replica keeps 4 adapters loaded; streams over 7 evict adapters other streams still use."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    extra = [f"rotating-{i}" for i in range(5)]
+    source = {"hostPath": {"path": str(lora_adapters["adapter-b"])}}
+    ws = dict(served.workspace)
+    inference = dict(ws["inference"])
+    inference["adapters"] = [
+        *inference["adapters"],
+        *(
+            {
+                "source": {"name": name, "volumeSource": source},
+                "strength": f"0.{i + 5}",
+            }
+            for i, name in enumerate(extra)
+        ),
+    ]
+    ws["inference"] = inference
+    mark = len(served.output)
+    served.write(ws)
+    served.wait_for_line("re-applied", after=mark)
+    models = ["adapter-a", "adapter-zero", *extra]
+    with served.client() as http:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if set(models) <= {card["id"] for card in http.get("/v1/models").json()["data"]}:
+                break
+            time.sleep(1)
+        # Within the served app's 4 ongoing + 4 queued, so none is refused for load.
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda m: _stream(http, m), [*models, models[0]]))
+    for (status, text), model in zip(results, [*models, models[0]], strict=True):
+        assert status == 200, (model, text[-500:])
+        assert text.rstrip().endswith("data: [DONE]"), (model, text[-500:])
+        assert '"error"' not in text, (model, text[-500:])
