@@ -3,20 +3,23 @@
 
 Reconciling is level-based. `Reconciler.reconcile` brings the cluster in line with the Workspace as
 last seen; every step is idempotent and keyed by deterministic names, so running it again (after a
-409, a crash or a restart) converges instead of duplicating. kopf calls it:
+409, a crash or a restart) converges instead of duplicating. It runs:
 
-- on create / update / resume of a Workspace;
+- on every event of a Workspace that brings something new (the first one included, not the echoes of
+  the controller's own writes);
 - on every event of a RayService or RayJob kairay owns, so the status follows KubeRay at once;
 - from one resync task that visits every Workspace each `resync_seconds`, for what is not watched:
-  nodes, ConfigMaps, Azure agent pools.
+  nodes, ConfigMaps, Azure agent pools;
+- again after a delay when a run failed or waits for a deletion (kopf retries no event handler).
 
 Runs for one Workspace are serialised by a per-Workspace lock, and coalesced: events that arrive
 while a run is already waiting add nothing to it. A run reads the Workspace, its RayService and its
 Service from what the watches last delivered, not from the API server; every write that depends on
 such a copy carries its resourceVersion or is a create, so a stale copy ends in a 409, and the retry
-reads everything afresh. Deletion goes through a finalizer: the children are deleted explicitly
-(owner references would get them too, but later), then the node provisioner releases the nodes (an
-AKS pool is deleted), and only then does the finalizer go.
+reads everything afresh. Deletion goes through a finalizer, which the first run adds before it
+creates anything: a run that finds the Workspace deleted deletes the children explicitly (owner
+references would get them too, but later), then the node provisioner releases the nodes (an AKS pool
+is deleted), and only then does it remove the finalizer.
 
 The controller never reads Secrets: it references them by name in the manifests it writes.
 """
@@ -24,12 +27,15 @@ The controller never reads Secrets: it references them by name in the manifests 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import heapq
+import itertools
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
@@ -77,12 +83,8 @@ VERSION = "v1beta1"
 PLURAL = "workspaces"
 WORKSPACES = (GROUP, VERSION, PLURAL)
 FINALIZER = "kairay.io/finalizer"
-# kopf keeps its handler progress and last-handled spec in annotations under this prefix (the status
-# schema would prune kopf's own status fields).
-ANNOTATION_PREFIX = "kairay.io"
-# kopf's handler ids, which name its progress annotations.
-RECONCILE_ID = "reconcile"
-FINALIZE_ID = "finalize"
+# kopf's finalizer, which kopf would add for handlers that need one: none of the controller's does.
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 INFERENCE_CONFIG_KEY = "inference_config.yaml"
 MERGE_PATCH = "application/merge-patch+json"
 # Seconds any single API call may take; a hung connection must not hold a Workspace's lock forever.
@@ -236,6 +238,53 @@ def _api_error(exc: ApiException) -> str:
     return f"Kubernetes API error {exc.status} {exc.reason}"
 
 
+# Blocking API calls wait for a thread in this order: a Workspace's first RayService (what a user waits
+# for after `kubectl apply`), then the first write for a new Workspace (its finalizer), then the rest.
+# The thread pool's own queue is first come first served: with many Workspaces created at once, each
+# RayService create would queue behind the status patches that KubeRay's progress on the earlier
+# ones brings about.
+PRIORITY_CREATE = 0
+PRIORITY_NEW = 1
+PRIORITY_OTHER = 2
+
+
+class PriorityGate:
+    """At most `slots` holders at once; waiters get a slot lowest priority first, then in order of
+    arrival."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            handed = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._arrivals), handed))
+            try:
+                await handed
+            except asyncio.CancelledError:
+                # Cancelled after the slot was handed over: pass it on (before, `_release` skips it).
+                if handed.done() and not handed.cancelled():
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, handed = heapq.heappop(self._waiting)
+            if not handed.done():
+                handed.set_result(None)
+                return
+        self._free += 1
+
+
 # --- the reconciler ----------------------------------------------------------------------------------
 
 
@@ -261,6 +310,8 @@ class Reconciler:
         # Reconciles waiting for their Workspace's lock: a run that has not started yet will see any
         # later change too, so one waiter per Workspace is enough however many events arrive.
         self._waiting: set[Key] = set()
+        # Workspaces whose deletion has been announced with an Event.
+        self._deleting: set[Key] = set()
         # The latest Workspaces, RayServices and Services seen by the watches (or written here). A
         # reconcile reads these rather than the API server; a stale copy only costs a 409 on the
         # write that relied on it, after which the next attempt reads afresh.
@@ -268,20 +319,43 @@ class Reconciler:
         self._rayservices: dict[Key, dict[str, Any]] = {}
         self._services: dict[Key, dict[str, Any]] = {}
         self._rendered: dict[str, tuple[list[dict[str, Any]], InferencePlan]] = {}
+        self._gate = PriorityGate(_executor_threads())
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     # what the watches report
 
-    def observe_workspace(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+    def observe_workspace(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Keep the copy; whether it tells anything new (not the echo of a write made here, which the
+        reconcile that made it has already acted on)."""
+        key = _key(body)
+        held = self._workspaces.get(key)
         _remember(self._workspaces, body, deleted)
+        if deleted:
+            self._deleting.discard(key)
+            lock = self._locks.get(key)
+            if lock is not None and not lock.locked() and key not in self._waiting:
+                del self._locks[key]
+        if held is None:
+            return True
+        return _resource_version(held) != _resource_version(body) and not _older(
+            body.get("metadata") or {}, held.get("metadata") or {}
+        )
 
     def observe_rayservice(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         _remember(self._rayservices, body, deleted)
 
     def observe_service(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         _remember(self._services, body, deleted)
+
+    @property
+    def options(self) -> ControllerOptions:
+        return self._options
+
+    def workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The latest copy of a Workspace, if the watch has reported it."""
+        return self._workspaces.get((namespace, name))
 
     def workspaces(self) -> list[Key]:
         """Every Workspace the watch has reported and not seen deleted."""
@@ -313,23 +387,53 @@ class Reconciler:
         finally:
             self._lock(namespace, name).release()
 
-    async def finalize(self, namespace: str, name: str) -> None:
-        """Delete the children, wait until they are gone, release the nodes. Raises TemporaryError while
-        something is still on its way out, so kopf keeps the finalizer and comes back."""
-        async with self._lock(namespace, name):
-            obj = await self._read_workspace(namespace, name)
-            if obj is None:
-                return
-            remaining = await self._delete_children(obj)
-            if remaining:
-                waiting = f"waiting for {', '.join(remaining)} to be deleted"
-                raise kopf.TemporaryError(waiting, delay=self._options.retry_delay_seconds)
-            if not await self._nodes.release(release_request(obj)):
-                waiting = "waiting for the nodes to be released"
-                _event(obj, "Normal", "ReleasingNodes", waiting)
-                raise kopf.TemporaryError(waiting, delay=self._options.resync_seconds)
-            _event(obj, "Normal", "Deleted", "children deleted and nodes released")
-        self._locks.pop((namespace, name), None)
+    async def _finalize(self, obj: dict[str, Any]) -> None:
+        """Delete the children, wait until they are gone, release the nodes, then remove the finalizer.
+        Raises TemporaryError while something is still on its way out, so that the caller comes back."""
+        metadata = obj["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if key not in self._deleting:
+            self._deleting.add(key)
+            _event(obj, "Normal", "Deleting", "deleting the children and releasing the nodes")
+        remaining = await self._delete_children(obj)
+        if remaining:
+            waiting = f"waiting for {', '.join(remaining)} to be deleted"
+            raise kopf.TemporaryError(waiting, delay=self._options.retry_delay_seconds)
+        if not await self._nodes.release(release_request(obj)):
+            waiting = "waiting for the nodes to be released"
+            _event(obj, "Normal", "ReleasingNodes", waiting)
+            raise kopf.TemporaryError(waiting, delay=self._options.resync_seconds)
+        await self._set_finalizer(obj, present=False, priority=PRIORITY_OTHER)
+        _event(obj, "Normal", "Deleted", "children deleted and nodes released")
+
+    async def _set_finalizer(self, obj: dict[str, Any], *, present: bool, priority: int) -> dict[str, Any]:
+        """Add or remove the finalizer; the Workspace as written. The resourceVersion makes a stale copy
+        end in a 409 rather than drop someone else's finalizer."""
+        metadata = obj["metadata"]
+        others = [f for f in metadata.get("finalizers") or [] if f != FINALIZER]
+        patch = {
+            "metadata": {
+                "resourceVersion": metadata["resourceVersion"],
+                "finalizers": [*others, FINALIZER] if present else others,
+            }
+        }
+        patched = cast(
+            dict[str, Any],
+            await self._call(
+                self._custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                metadata["namespace"],
+                PLURAL,
+                metadata["name"],
+                patch,
+                priority=priority,
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT,
+            ),
+        )
+        self.observe_workspace(patched)
+        return patched
 
     # one pass
 
@@ -337,8 +441,15 @@ class Reconciler:
         """One pass; `fresh` reads every object from the API server instead of the watches' copies."""
         cached = None if fresh else self._workspaces.get((namespace, name))
         obj = cached if cached is not None else await self._read_workspace(namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None:
             return
+        if obj["metadata"].get("deletionTimestamp"):
+            if FINALIZER in (obj["metadata"].get("finalizers") or []):
+                await self._finalize(obj)
+            return
+        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            # Before anything is created that the deletion would have to clean up (an AKS pool).
+            obj = await self._set_finalizer(obj, present=True, priority=PRIORITY_NEW)
         kind: WorkloadKind = "inference" if obj.get("inference") is not None else "tuning"
         generation = obj["metadata"].get("generation")
         errors = _validate(obj)
@@ -380,7 +491,10 @@ class Reconciler:
         # in sync from then on even while a node is away.
         if config_problem is None and (nodes.ready or current is not None):
             before = current
-            applied = await self._call(self._kuberay.apply_rayservice, rayservice, current, read=False)
+            priority = PRIORITY_CREATE if current is None else PRIORITY_OTHER
+            applied = await self._call(
+                self._kuberay.apply_rayservice, rayservice, current, read=False, priority=priority
+            )
             current = applied.object
             if applied.action != "unchanged":
                 self.observe_rayservice(current)
@@ -469,7 +583,7 @@ class Reconciler:
             # it would otherwise turn into a Python repr of the parsed JSON).
             response = cast(
                 urllib3.BaseHTTPResponse,
-                await asyncio.to_thread(
+                await self._thread(
                     self._core.connect_get_namespaced_service_proxy_with_path,
                     f"{name}:{SERVICE_PORT}",
                     namespace,
@@ -492,7 +606,7 @@ class Reconciler:
 
     async def _read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
-            configmap = await asyncio.to_thread(
+            configmap = await self._thread(
                 self._core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
@@ -566,7 +680,7 @@ class Reconciler:
 
     async def _read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = await asyncio.to_thread(
+            found = await self._thread(
                 self._core.read_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
@@ -620,7 +734,7 @@ class Reconciler:
         for job in jobs:
             await self._call(self._kuberay.delete, RAYJOBS, namespace, job)
         try:
-            await asyncio.to_thread(
+            await self._thread(
                 self._core.delete_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
@@ -638,7 +752,7 @@ class Reconciler:
 
     async def _read_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = await asyncio.to_thread(
+            found = await self._thread(
                 self._custom.get_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -655,7 +769,7 @@ class Reconciler:
 
     async def _rayjobs(self, namespace: str, workspace: str) -> list[dict[str, Any]]:
         """Every RayJob of a Workspace: the current one and any left from an earlier tuning spec."""
-        listing = await asyncio.to_thread(
+        listing = await self._thread(
             self._custom.list_namespaced_custom_object,
             RAY_GROUP,
             RAY_VERSION,
@@ -666,10 +780,19 @@ class Reconciler:
         )
         return list(cast(dict[str, Any], listing).get("items") or [])
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _thread(
+        self, fn: Callable[..., T], *args: Any, priority: int = PRIORITY_OTHER, **kwargs: Any
+    ) -> T:
+        """`fn` in one of the executor's threads, once the gate lets a call of `priority` through."""
+        async with self._gate.slot(priority):
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, priority: int = PRIORITY_OTHER, **kwargs: Any
+    ) -> T:
         """`fn` in a thread, with a 409 (stale write, or created meanwhile) turned into `Conflict`."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await self._thread(fn, *args, priority=priority, **kwargs)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(_api_error(exc)) from None
@@ -697,7 +820,7 @@ def _remember(cache: dict[Key, dict[str, Any]], body: Mapping[str, Any], deleted
     """Keep `body` as the latest copy of its object unless the cache holds a newer one (a watch
     event can overtake the answer to the write that caused it)."""
     metadata = body.get("metadata") or {}
-    key = (str(metadata.get("namespace") or "default"), str(metadata.get("name") or ""))
+    key = _key(body)
     if deleted:
         cache.pop(key, None)
         return
@@ -705,6 +828,15 @@ def _remember(cache: dict[Key, dict[str, Any]], body: Mapping[str, Any], deleted
     if held is None or not _older(metadata, held.get("metadata") or {}):
         # Not copied: watch events and API answers are fresh objects, and nothing here modifies them.
         cache[key] = dict(body)
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("namespace") or "default"), str(metadata.get("name") or "")
+
+
+def _resource_version(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _older(metadata: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
@@ -716,8 +848,9 @@ def _older(metadata: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
     return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
 
 
+# What kopf's change handlers recorded on Workspaces in earlier versions of the controller.
 _KOPF_ANNOTATIONS = frozenset(
-    f"{ANNOTATION_PREFIX}/{key}" for key in ("last-handled-configuration", RECONCILE_ID, FINALIZE_ID)
+    f"kairay.io/{key}" for key in ("last-handled-configuration", "reconcile", "finalize")
 )
 # Memoised results are dropped all at once beyond this many.
 _MAX_MEMO = 10_000
@@ -781,6 +914,21 @@ def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
     )
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff-base storage, for an operator without change handlers: kopf builds the essence of
+    every event it processes (a deep copy of the object) to detect changes no handler here asks about,
+    so nothing is built, fetched or stored."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 @dataclass
 class _Runtime:
     """What the operator builds at start-up, on kopf's event loop (the Azure SDK's sessions belong to
@@ -791,13 +939,53 @@ class _Runtime:
     reconciler: Reconciler | None = None
     resync: asyncio.Task[None] | None = None
     # A context of kopf's object handlers: `kopf.event` posts through a queue that kopf puts there, so
-    # reconciles that the resync task starts run in a copy of it.
+    # reconciles started outside a handler (resync, retries) run in a copy of it.
     handler_context: contextvars.Context | None = None
+    # Reconciles started outside a handler, kept referenced until they finish.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # One pending retry per Workspace whose last reconcile failed or is waiting for a deletion.
+    retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
 
     def get(self) -> Reconciler:
         if self.reconciler is None:
             raise kopf.TemporaryError("the controller is still starting", delay=1)
         return self.reconciler
+
+    def spawn(self, namespace: str, name: str) -> None:
+        """Reconcile a Workspace in the background, in a copy of a handler's context."""
+        if self.handler_context is None:
+            return
+        task = asyncio.create_task(self.run(namespace, name), context=self.handler_context.copy())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self, namespace: str, name: str) -> None:
+        """Reconcile a Workspace; a failure (an API error, conflicts that never settled, a deletion still
+        under way) becomes a log line, an Event for API errors, and a retry after the delay it asks
+        for: kopf retries no event handler, and every reconcile here starts from one."""
+        reconciler = self.get()
+        try:
+            await reconciler.reconcile(namespace, name)
+        except ApiException as exc:
+            log.warning("Workspace %s/%s: %s", namespace, name, _api_error(exc))
+            body = reconciler.workspace(namespace, name)
+            if body is not None:
+                _event(body, "Warning", "ReconcileFailed", _api_error(exc))
+            self.retry(namespace, name, reconciler.options.retry_delay_seconds)
+        except kopf.TemporaryError as exc:
+            log.info("Workspace %s/%s: %s", namespace, name, exc)
+            self.retry(namespace, name, exc.delay or reconciler.options.retry_delay_seconds)
+
+    def retry(self, namespace: str, name: str, delay: float) -> None:
+        key = (namespace, name)
+        if key in self.retries:
+            return
+
+        def fire() -> None:
+            del self.retries[key]
+            self.spawn(namespace, name)
+
+        self.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
 
 
 def _executor_threads() -> int:
@@ -808,17 +996,15 @@ def _executor_threads() -> int:
 def build_registry(
     options: ControllerOptions, load_configuration: ConfigurationLoader, make_provisioner: ProvisionerFactory
 ) -> kopf.OperatorRegistry:
-    """Every kopf handler of the controller, in a registry of its own (nothing global)."""
+    """Every kopf handler of the controller, in a registry of its own (nothing global).
+
+    Only event handlers: every Workspace event (the first one included) reconciles at once, and the
+    deletion is a reconcile too, which removes the finalizer itself. kopf's create/update/delete
+    handlers would first add kopf's finalizer in a round trip of its own, then record each handler's
+    progress and the last-handled spec in a patch per change, each echoed back as a watch event.
+    """
     registry = kopf.OperatorRegistry()
     runtime = _Runtime()
-    retry = options.retry_delay_seconds
-
-    async def reconcile(body: Mapping[str, Any], namespace: str | None, name: str) -> None:
-        try:
-            await runtime.get().reconcile(namespace or "default", name)
-        except ApiException as exc:
-            _event(body, "Warning", "ReconcileFailed", _api_error(exc))
-            raise kopf.TemporaryError(_api_error(exc), delay=retry) from None
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -827,13 +1013,12 @@ def build_registry(
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-        )
-        # kopf turns every INFO log of a handler into an Event ("Timer succeeded" on each resync); the
-        # controller posts the Events worth reading itself and keeps kopf's for warnings and errors.
+        # kopf strips its finalizer from objects that no handler of its needs it for: it must not be
+        # the controller's own, which the reconcile adds and removes.
+        settings.persistence.finalizer = KOPF_FINALIZER
+        settings.persistence.diffbase_storage = _NoDiffBase()
+        # kopf turns every INFO log of a handler into an Event; the controller posts the Events worth
+        # reading itself and keeps kopf's for warnings and errors.
         settings.posting.level = logging.WARNING
         # Renew watches regularly: a stream stalled behind a proxy would otherwise go unnoticed.
         settings.watching.server_timeout = 300
@@ -851,7 +1036,6 @@ def build_registry(
     async def resync_forever(reconciler: Reconciler) -> None:
         """Every Workspace once per `resync_seconds`, spread over the period (one task for them all,
         rather than a kopf timer per Workspace), for what no watch reports: nodes, ConfigMaps, pools."""
-        running: set[asyncio.Task[None]] = set()
         while True:
             keys = reconciler.workspaces()
             if not keys or runtime.handler_context is None:
@@ -859,39 +1043,28 @@ def build_registry(
                 continue
             for namespace, name in keys:
                 await asyncio.sleep(options.resync_seconds / len(keys))
-                context = runtime.handler_context.copy()
-                task = asyncio.create_task(resync_one(reconciler, namespace, name), context=context)
-                running.add(task)
-                task.add_done_callback(running.discard)
-
-    async def resync_one(reconciler: Reconciler, namespace: str, name: str) -> None:
-        try:
-            await reconciler.reconcile(namespace, name)
-        except ApiException as exc:
-            log.warning("Workspace %s/%s: resync: %s", namespace, name, _api_error(exc))
-        except kopf.TemporaryError as exc:
-            log.warning("Workspace %s/%s: resync: %s", namespace, name, exc)
+                runtime.spawn(namespace, name)
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
         if runtime.resync is not None:
             runtime.resync.cancel()
+        for handle in runtime.retries.values():
+            handle.cancel()
         if runtime.provisioner is not None:
             await runtime.provisioner.close()
         if runtime.api is not None:
             runtime.api.close()
 
-    @kopf.on.create(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
-    @kopf.on.update(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
-    @kopf.on.resume(*WORKSPACES, id=RECONCILE_ID, backoff=retry, registry=registry)
-    async def changed(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        await reconcile(body, namespace, name)
-
     @kopf.on.event(*WORKSPACES, registry=registry)
-    async def workspace_seen(*, type: str | None, body: kopf.Body, **_: Any) -> None:
-        runtime.get().observe_workspace(body, deleted=type == "DELETED")
+    async def workspace_seen(
+        *, type: str | None, body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> None:
         if runtime.handler_context is None:
             runtime.handler_context = contextvars.copy_context()
+        deleted = type == "DELETED"
+        if runtime.get().observe_workspace(body, deleted=deleted) and not deleted:
+            await runtime.run(namespace or "default", name)
 
     @kopf.on.event("", "v1", "services", labels=MANAGED_BY, registry=registry)
     async def service_seen(*, type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -905,24 +1078,7 @@ def build_registry(
         if body.get("kind") == "RayService":
             runtime.get().observe_rayservice(body, deleted=type == "DELETED")
         owner = labels.get(WORKSPACE_LABEL)
-        if not owner:
-            return
-        try:
-            await runtime.get().reconcile(namespace or "default", owner)
-        except ApiException as exc:
-            # Event handlers are not retried; the resync timer comes back to this Workspace.
-            log.warning("Workspace %s/%s: %s", namespace, owner, _api_error(exc))
-        except kopf.TemporaryError as exc:
-            log.warning("Workspace %s/%s: %s", namespace, owner, exc)
-
-    @kopf.on.delete(*WORKSPACES, id=FINALIZE_ID, backoff=retry, registry=registry)
-    async def deleted(*, body: kopf.Body, namespace: str | None, name: str, retry: int, **_: Any) -> None:
-        if retry == 0:
-            _event(body, "Normal", "Deleting", "deleting the children and releasing the nodes")
-        try:
-            await runtime.get().finalize(namespace or "default", name)
-        except ApiException as exc:
-            _event(body, "Warning", "DeleteFailed", _api_error(exc))
-            raise kopf.TemporaryError(_api_error(exc), delay=options.retry_delay_seconds) from None
+        if owner:
+            await runtime.run(namespace or "default", owner)
 
     return registry

@@ -211,6 +211,11 @@ def run(
     except (kube_config.ConfigException, OSError) as exc:
         raise ConfigError(f"no Kubernetes credentials: {exc}") from None
     kopf.configure(debug=log_level == "DEBUG", quiet=log_level == "WARNING", log_prefix=True)
+    if log_level == "INFO":
+        # Every handler here is an event handler, and kopf logs "Handler ... succeeded" at INFO for
+        # each watch event: several lines per Workspace change, and a good part of the CPU at scale.
+        # Failures are warnings and stay; DEBUG shows everything.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger(__name__).info(
         "kairay controller: %s, node provisioner %s, runtime image %s",
         f"namespace {namespace}" if namespace else "all namespaces",

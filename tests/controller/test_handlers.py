@@ -1,22 +1,28 @@
 """The controller's pure helpers: catalog errors as condition reasons, Kaito's inference ConfigMap,
-node requests and kopf credentials."""
+node requests and kopf credentials; which Workspace events start a reconcile, and in which order
+API calls get a thread."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 import pytest
-from kubernetes.client import Configuration
+from kubernetes.client import ApiClient, Configuration
 
 from controller.api.validation import validate_workspace
 from controller.api.workspace import parse_workspace
 from controller.handlers import (
+    ControllerOptions,
+    PriorityGate,
+    Reconciler,
     catalog_problem,
     connection_info,
     engine_overrides_from_configmap,
     node_request,
     release_request,
 )
+from controller.nodes.base import NodeProvisioner
 
 
 def workspace(**changes: Any) -> dict[str, Any]:
@@ -115,3 +121,44 @@ def test_kopf_credentials_from_a_client_configuration() -> None:
     )
     bare = connection_info(Configuration(host="http://127.0.0.1:1", api_key={"authorization": "raw"}))
     assert (bare.scheme, bare.token) == (None, "raw")
+
+
+def test_only_workspace_events_with_news_start_a_reconcile() -> None:
+    # Nothing here reaches the API server or the provisioner.
+    reconciler = Reconciler(ApiClient(Configuration()), cast(NodeProvisioner, None), ControllerOptions())
+
+    def version(rv: str) -> dict[str, Any]:
+        obj = workspace()
+        obj["metadata"]["resourceVersion"] = rv
+        return obj
+
+    assert reconciler.observe_workspace(version("5"))  # first seen (after a restart too)
+    assert not reconciler.observe_workspace(version("5"))  # the echo of a write made from it
+    assert not reconciler.observe_workspace(version("4"))  # a watch behind that write
+    assert reconciler.observe_workspace(version("7"))  # someone else's change
+    assert reconciler.workspace("team", "ws") == version("7")
+    reconciler.observe_workspace(version("7"), deleted=True)
+    assert reconciler.workspace("team", "ws") is None
+    assert reconciler.workspaces() == []
+
+
+def test_the_gate_lets_the_most_urgent_waiter_through_first() -> None:
+    async def scenario() -> list[str]:
+        gate, order = PriorityGate(1), []
+
+        async def call(label: str, priority: int) -> None:
+            async with gate.slot(priority):
+                order.append(label)
+                await asyncio.sleep(0)
+
+        async with gate.slot(2):
+            waiters = [asyncio.create_task(call(label, p)) for label, p in (("a", 2), ("b", 0), ("c", 1))]
+            cancelled = asyncio.create_task(call("cancelled", 0))
+            await asyncio.sleep(0)
+            cancelled.cancel()
+        await asyncio.gather(*waiters, cancelled, return_exceptions=True)
+        async with gate.slot(2):  # every slot came back
+            order.append("last")
+        return order
+
+    assert asyncio.run(scenario()) == ["b", "c", "a", "last"]
