@@ -542,6 +542,10 @@ METHOD = """## Method
   the controller; their CPU is reported next to the controller's."""
 
 
+# Before/after of each optimization, written by hand: a run measures only the code it runs.
+HISTORY = Path(__file__).with_name("history.md")
+
+
 def render(results: Results, image_prefix: str = "benchmarks/results") -> str:
     """The Markdown report; `image_prefix` is where the plots are, relative to the report."""
     found = targets(results)
@@ -573,6 +577,8 @@ def render(results: Results, image_prefix: str = "benchmarks/results") -> str:
         else:
             parts.append(writer(section))
     parts.append(_settings(results))
+    if HISTORY.exists():
+        parts.append(HISTORY.read_text().strip())
     if results.get("notes"):
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in results["notes"]))
     return "\n\n".join(parts) + "\n"

@@ -9,6 +9,12 @@ product once per adapter present in the batch (at most `max_loras` + base) as a 
 multiply over that adapter's tokens. Decode steps gain too: the LoRA'd logits processor gathered a
 vocabulary x rank matrix per sequence at every step, adapters or not.
 
+vLLM wraps every projection it can (q, k, v, o, gate, up, down, the logits), whatever the adapters
+target, and runs the ops for each at every step, even when no request uses an adapter. Slots whose
+weights are all zero (an adapter that does not target that projection, an empty slot) contribute
+nothing, so they are skipped: which slots are live is cached per weight buffer until vLLM writes it
+again (torch counts in-place writes in the tensor's version).
+
 Tokens without an adapter (index -1) get no LoRA delta, as in vLLM's GPU kernels; the gathering ops
 would index the last adapter slot for them. The other semantics (slicing, padding, `add_inputs`)
 are the originals'. vLLM loads general plugins in every process it starts (engine core, workers);
@@ -24,17 +30,35 @@ import torch
 GATHER_MAX_ELEMENTS = 1 << 18
 
 
-def _lora_product(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """out[t] = weights[indices[t]] @ inputs[t], zero where indices[t] < 0."""
+# Per LoRA weight buffer (vLLM allocates them once per process): its version and which slots are live.
+_live_slots: dict[tuple[int, tuple[int, ...], torch.dtype], tuple[int, torch.Tensor]] = {}
+
+
+def _live(weights: torch.Tensor) -> torch.Tensor:
+    """Which adapter slots of a weight buffer hold any non-zero weight."""
+    key = (weights.data_ptr(), tuple(weights.shape), weights.dtype)
+    version = weights._version
+    cached = _live_slots.get(key)
+    if cached is None or cached[0] != version:
+        cached = (version, weights.flatten(1).any(dim=1))
+        _live_slots[key] = cached
+    return cached[1]
+
+
+def _lora_product(
+    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, live: torch.Tensor
+) -> torch.Tensor:
+    """out[t] = weights[indices[t]] @ inputs[t], zero where indices[t] < 0 or the slot is not live."""
     if weights.dim() == 4:
         weights = weights.squeeze(dim=1)
+    active = (indices >= 0) & live[indices.clamp(min=0)]
+    if not bool(active.any()):
+        return inputs.new_zeros((inputs.shape[0], weights.shape[1]))
     if indices.numel() * weights[0].numel() <= GATHER_MAX_ELEMENTS:
         out = torch.einsum("bi, boi -> bo", inputs, weights[indices.clamp(min=0)])
-        return out * (indices >= 0).unsqueeze(1).to(out.dtype)
+        return out * active.unsqueeze(1).to(out.dtype)
     out = inputs.new_zeros((inputs.shape[0], weights.shape[1]))
-    for index in torch.unique(indices).tolist():
-        if index < 0:
-            continue
+    for index in torch.unique(indices[active]).tolist():
         rows = (indices == index).nonzero().squeeze(1)
         out[rows] = inputs[rows] @ weights[index].transpose(0, 1)
     return out
@@ -48,7 +72,12 @@ def bgmv_shrink(
     scaling: float = 1.0,
 ) -> None:
     dtype = output_tensor.dtype
-    outputs = _lora_product(inputs.to(dtype=dtype), lora_a_weights.to(dtype=dtype), lora_indices_tensor)
+    outputs = _lora_product(
+        inputs.to(dtype=dtype),
+        lora_a_weights.to(dtype=dtype),
+        lora_indices_tensor,
+        _live(lora_a_weights),
+    )
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
@@ -60,7 +89,12 @@ def bgmv_expand(
     add_inputs: bool = True,
 ) -> None:
     dtype = output_tensor.dtype
-    outputs = _lora_product(inputs.to(dtype=dtype), lora_b_weights.to(dtype=dtype), lora_indices_tensor)
+    outputs = _lora_product(
+        inputs.to(dtype=dtype),
+        lora_b_weights.to(dtype=dtype),
+        lora_indices_tensor,
+        _live(lora_b_weights),
+    )
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
@@ -82,7 +116,12 @@ def bgmv_expand_slice(
     add_inputs: bool = True,
 ) -> None:
     dtype = output_tensor.dtype
-    outputs = _lora_product(inputs.to(dtype=dtype), lora_b_weights.to(dtype=dtype), lora_indices_tensor)
+    outputs = _lora_product(
+        inputs.to(dtype=dtype),
+        lora_b_weights.to(dtype=dtype),
+        lora_indices_tensor,
+        _live(lora_b_weights),
+    )
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:

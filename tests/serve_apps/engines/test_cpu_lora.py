@@ -77,3 +77,20 @@ def test_prefill_ops_use_the_grouped_ones_once_vllm_loads_its_plugins() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "['serve_apps.engines.cpu_lora']"
+
+
+@pytest.mark.parametrize("tokens", [5, 1000])
+def test_a_slot_written_after_a_call_is_seen_by_the_next(tokens: int) -> None:
+    """Zero slots are skipped from a cache, which vLLM's in-place writes (adapter loads) invalidate."""
+    b = torch.zeros(SLOTS, 1, OUT, RANK)
+    x = torch.randn(tokens, RANK)
+    indices = torch.full((tokens,), 2)
+    base = torch.randn(tokens, OUT)
+    y = base.clone()
+    cpu_lora.bgmv_expand(x, b, y, indices, True)
+    assert torch.equal(y, base)
+
+    weights = torch.randn(OUT, RANK)
+    b[2, 0].copy_(weights)
+    cpu_lora.bgmv_expand(x, b, y, indices, True)
+    _close(y, base + x @ weights.T)
