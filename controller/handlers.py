@@ -605,15 +605,8 @@ class Reconciler:
     # inputs
 
     async def _read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            configmap = await self._thread(
-                self._core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(configmap.data or {})
+        configmap = await self._found(self._core.read_namespaced_config_map, name, namespace)
+        return None if configmap is None else dict(configmap.data or {})
 
     async def _engine_overrides(self, ws: Workspace) -> tuple[dict[str, Any] | None, Problem | None]:
         assert ws.inference is not None
@@ -679,15 +672,8 @@ class Reconciler:
         _event(owner, "Normal", "ServiceUpdated", f"updated Service {name}")
 
     async def _read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found = await self._thread(
-                self._core.read_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return cast(dict[str, Any], self._api.sanitize_for_serialization(found))
+        found = await self._found(self._core.read_namespaced_service, name, namespace)
+        return None if found is None else cast(dict[str, Any], self._api.sanitize_for_serialization(found))
 
     async def _report(self, obj: dict[str, Any], kind: WorkloadKind, observation: Observation) -> None:
         old = obj.get("status") or {}
@@ -751,21 +737,19 @@ class Reconciler:
     # API plumbing
 
     async def _read_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = await self._found(
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+        return cast(dict[str, Any] | None, found)
+
+    async def _found(self, read: Callable[..., Any], *args: Any) -> Any | None:
+        """`read(*args)` in a thread; None when the object does not exist (404)."""
         try:
-            found = await self._thread(
-                self._custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            return await self._thread(read, *args, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return cast(dict[str, Any], found)
 
     async def _rayjobs(self, namespace: str, workspace: str) -> list[dict[str, Any]]:
         """Every RayJob of a Workspace: the current one and any left from an earlier tuning spec."""

@@ -191,7 +191,8 @@ def build_routes(backend: Backend) -> FastAPI:
 
         return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
 
-    async def openai(request: Request, model_cls: type[BaseModel], route: str, kind: Kind) -> Response:
+    async def read(request: Request, model_cls: type[BaseModel]) -> tuple[Any, str] | JSONResponse:
+        """The body parsed as `model_cls` and the adapter its `model` names, or the 4xx to answer."""
         body = await json_body(request)
         if isinstance(body, JSONResponse):
             return body
@@ -201,6 +202,13 @@ def build_routes(backend: Backend) -> FastAPI:
         adapter = adapter_for(parsed.model)
         if isinstance(adapter, JSONResponse):
             return adapter
+        return parsed, adapter
+
+    async def openai(request: Request, model_cls: type[BaseModel], route: str, kind: Kind) -> Response:
+        read_in = await read(request, model_cls)
+        if isinstance(read_in, JSONResponse):
+            return read_in
+        parsed, adapter = read_in
         return await forward(route, kind, parsed, adapter)
 
     @app.post("/v1/chat/completions")
@@ -213,15 +221,10 @@ def build_routes(backend: Backend) -> FastAPI:
 
     @app.post("/chat")
     async def kaito_chat(request: Request) -> Response:
-        body = await json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        kaito = parse(KaitoChatRequest, body)
-        if isinstance(kaito, JSONResponse):
-            return kaito
-        adapter = adapter_for(kaito.model)
-        if isinstance(adapter, JSONResponse):
-            return adapter
+        read_in = await read(request, KaitoChatRequest)
+        if isinstance(read_in, JSONResponse):
+            return read_in
+        kaito, adapter = read_in
         parsed = parse(ChatCompletionRequest, to_openai(kaito, base()))
         if isinstance(parsed, JSONResponse):
             return parsed

@@ -46,9 +46,13 @@ def _live(weights: torch.Tensor) -> torch.Tensor:
 
 
 def _lora_product(
-    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, live: torch.Tensor
+    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """out[t] = weights[indices[t]] @ inputs[t], zero where indices[t] < 0 or the slot is not live."""
+    """out[t] = weights[indices[t]] @ inputs[t] in `dtype`, zero where indices[t] < 0 or the slot is
+    not live."""
+    # Liveness of vLLM's own buffer: a converted copy would be a new tensor at every call.
+    live = _live(weights)
+    inputs, weights = inputs.to(dtype=dtype), weights.to(dtype=dtype)
     if weights.dim() == 4:
         weights = weights.squeeze(dim=1)
     active = (indices >= 0) & live[indices.clamp(min=0)]
@@ -71,13 +75,7 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
-    dtype = output_tensor.dtype
-    outputs = _lora_product(
-        inputs.to(dtype=dtype),
-        lora_a_weights.to(dtype=dtype),
-        lora_indices_tensor,
-        _live(lora_a_weights),
-    )
+    outputs = _lora_product(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
@@ -88,13 +86,7 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
-    dtype = output_tensor.dtype
-    outputs = _lora_product(
-        inputs.to(dtype=dtype),
-        lora_b_weights.to(dtype=dtype),
-        lora_indices_tensor,
-        _live(lora_b_weights),
-    )
+    outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
@@ -115,13 +107,7 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
-    dtype = output_tensor.dtype
-    outputs = _lora_product(
-        inputs.to(dtype=dtype),
-        lora_b_weights.to(dtype=dtype),
-        lora_indices_tensor,
-        _live(lora_b_weights),
-    )
+    outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:
