@@ -178,8 +178,28 @@ class Launched:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+class _OnLoopback:
+    """A server this process launched on a loopback port."""
+
+    port: int
+    launched: Launched | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.launched is not None
+        return self.launched.pid
+
+    def stop(self) -> None:
+        if self.launched is not None:
+            self.launched.stop()
+
+
 @dataclass
-class RawVLLM:
+class RawVLLM(_OnLoopback):
     """vLLM's own OpenAI server with the same engine flags kairay renders."""
 
     model_dir: Path
@@ -190,15 +210,6 @@ class RawVLLM:
     ready_at: float = 0.0
 
     name = "raw"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.launched is not None
-        return self.launched.pid
 
     def argv(self) -> list[str]:
         argv = [
@@ -224,10 +235,6 @@ class RawVLLM:
         self.launched.start()
         wait_http(f"{self.url}/v1/models", self.launched.alive, timeout)
         self.ready_at = time.time()
-
-    def stop(self) -> None:
-        if self.launched is not None:
-            self.launched.stop()
 
 
 @dataclass
@@ -293,7 +300,7 @@ class Kairay:
 
 
 @dataclass
-class ServeConfigServer:
+class ServeConfigServer(_OnLoopback):
     """A Serve config deployed by `benchmarks.serve_runner` (for apps `kairay up` cannot name)."""
 
     config_path: Path
@@ -305,15 +312,6 @@ class ServeConfigServer:
     ready_at: float = 0.0
 
     name = "serve-config"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.launched is not None
-        return self.launched.pid
 
     def start(self, timeout: float = 900) -> None:
         argv = [
@@ -334,10 +332,6 @@ class ServeConfigServer:
         self.metrics_url = line.split()[1]
         self.launched.wait_line("ready", timeout)
         self.ready_at = time.time()
-
-    def stop(self) -> None:
-        if self.launched is not None:
-            self.launched.stop()
 
 
 def session_dir(temp_dir: Path, driver_pid: int) -> Path | None:
