@@ -26,6 +26,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The instruction-set flags that decide which CPU kernels vLLM and oneDNN run."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                found = line.split(":", 1)[1].split()
+                return sorted(f for f in found if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
 def versions() -> dict[str, str]:
     found = {}
     for name in PACKAGES:
@@ -52,6 +64,7 @@ def describe() -> dict[str, Any]:
         "usable_cpus": len(os.sched_getaffinity(0)),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "kernel": platform.release(),
         "load_average_start": list(os.getloadavg()),
         "versions": versions(),

@@ -499,6 +499,7 @@ def _settings(results: Results) -> str:
                         f"{machine.get('nproc')} CPUs ({machine.get('cpu_model')}), "
                         f"{machine.get('memory_gb')} GB RAM, kernel {machine.get('kernel')}, no GPU",
                     ],
+                    ["CPU flags (AVX/AMX/FMA)", " ".join(machine.get("cpu_flags", [])) or "not recorded"],
                     [
                         "load average at start / end",
                         f"{machine.get('load_average_start')} / {run.get('load_average_end')}",

@@ -21,13 +21,14 @@ ADAPTER_CACHE = REPO / ".cache" / "bench" / "adapters"
 
 MODEL = "smollm2-135m-instruct"
 # The flags of the raw server; kairay's local render of the Workspace yields the same engine args
-# (checked at run time against `kairay render`, see `servers.kairay_engine_args`).
+# (checked at run time against `kairay render`, see `servers.kairay_engine_args`). float32 is
+# kairay's CPU dtype (presets/cpu.py); both sides serve it.
 ENGINE_FLAGS = (
     "--enforce-eager",
     "--max-model-len",
     "2048",
     "--dtype",
-    "bfloat16",
+    "float32",
     "--enable-lora",
     "--max-loras",
     "4",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api.workspace import Workspace
+from presets.cpu import CpuDtype
 from presets.models import ModelPreset, resolve_preset
 from presets.sizing import InferencePlan, plan_inference, plan_local
 from presets.skus import get_sku
@@ -57,23 +58,30 @@ def inference_preset(ws: Workspace) -> ModelPreset:
     return resolve_preset(ws.inference.preset.name)
 
 
-def plan_for(ws: Workspace, target: Target) -> InferencePlan:
+def plan_for(ws: Workspace, target: Target, cpu_dtype: CpuDtype | None = None) -> InferencePlan:
+    """The plan on the Workspace's GPUs, or on this CPU (`cpu_dtype` overrides the CPU dtype policy)."""
     preset = inference_preset(ws)
     if target == "local" or not ws.resource.instance_type:
-        return plan_local(preset)
+        return plan_local(preset, cpu_dtype)
     # The transformers runtime cannot span nodes: size it onto one.
     node_count = 1 if ws.runtime == "transformers" else None
     return plan_inference(preset, get_sku(ws.resource.instance_type), node_count=node_count)
 
 
-def render(ws: Workspace, target: Target, *, engine_overrides: dict[str, Any] | None = None) -> Rendered:
+def render(
+    ws: Workspace,
+    target: Target,
+    *,
+    engine_overrides: dict[str, Any] | None = None,
+    cpu_dtype: CpuDtype | None = None,
+) -> Rendered:
     """The Serve application for an inference Workspace.
 
     `engine_overrides` are the extra engine args from the Workspace's `inference.config` ConfigMap;
     they go on top of the plan's, which already carry the preset defaults.
     """
     preset = inference_preset(ws)
-    plan = plan_for(ws, target)
+    plan = plan_for(ws, target, cpu_dtype)
     assert ws.inference is not None
     engine_args = plan.engine_args()
     if ws.runtime == "vllm":

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from presets.cpu import DTYPES
+
 if TYPE_CHECKING:
     from controller.api.workspace import Workspace
     from controller.render import Rendered
@@ -150,7 +152,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     split = None
     if not joining and ws.runtime == "vllm" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         split = local.split_cores(os.sched_getaffinity(0))
-    rendered = _render_local(ws, args.file, split)
+    args.dtype = args.dtype or os.environ.get("KAIRAY_DTYPE") or None
+    if args.dtype not in (None, *DTYPES):
+        raise UserError(f"KAIRAY_DTYPE: must be one of {', '.join(DTYPES)}, not {args.dtype!r}")
+    rendered = _render_local(ws, args.file, split, args.dtype)
     app = rendered.app
     if app.model.local:
         from presets.local_model import LocalModelError, prepare
@@ -171,6 +176,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = _install_stop_handlers()
     try:
         print(f"deploying {app.name}: {app.model.name} on {app.runtime}, {len(app.adapters)} adapter(s)")
+        print(f"  dtype {rendered.plan.dtype}: {rendered.plan.dtype_reason}")
         local.deploy(endpoint.dashboard_url, rendered.serve_config, host=args.host, port=args.port)
 
         def progress(status: str, message: str) -> None:
@@ -229,12 +235,13 @@ def _install_stop_handlers() -> dict[str, bool]:
     return stop
 
 
-def _render_local(ws: Workspace, file: str, split: CoreSplit | None) -> Rendered:
+def _render_local(ws: Workspace, file: str, split: CoreSplit | None, dtype: str | None) -> Rendered:
     """The Workspace rendered for this machine, with the engine bound to its share of the cores."""
     from controller.render import Rendered, RenderError, render
+    from presets.cpu import chosen_dtype
 
     try:
-        rendered = render(ws, "local")
+        rendered = render(ws, "local", cpu_dtype=chosen_dtype(dtype) if dtype else None)
     except RenderError as exc:
         raise UserError(f"{file}: {exc}") from None
     if split is None:
@@ -261,7 +268,7 @@ def _serve_until_stopped(
             continue
         seen = mtime
         try:
-            rendered = _render_local(_one(args.file), args.file, split)
+            rendered = _render_local(_one(args.file), args.file, split, args.dtype)
             local.deploy(endpoint.dashboard_url, rendered.serve_config, host=args.host, port=args.port)
             print(f"re-applied {args.file}: {len(rendered.app.adapters)} adapter(s)", flush=True)
         except (UserError, local.DeployError) as exc:
@@ -336,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs for a Ray started here")
     up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="the CPU engine's dtype (default: float32 where it fits in RAM; env KAIRAY_DTYPE)",
+    )
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for RUNNING")
     up.set_defaults(func=cmd_up)
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from presets.cpu import CpuDtype, cpu_serving_dtype
 from presets.models import DTYPE_BYTES, TUNING_METHODS, ModelPreset
 from presets.skus import GpuSku
 
@@ -79,6 +80,8 @@ class InferencePlan:
     available_gb: float | None
     steps: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    # Why this dtype, where the planner chose it against the weights' own (the CPU policy).
+    dtype_reason: str | None = None
 
     @property
     def device(self) -> str:
@@ -264,18 +267,19 @@ def plan_inference(
     )
 
 
-def plan_local(preset: ModelPreset) -> InferencePlan:
-    """Plan the CPU engine on this machine: one process, no parallelism, the preset's own dtype."""
+def plan_local(preset: ModelPreset, cpu: CpuDtype | None = None) -> InferencePlan:
+    """Plan the CPU engine on this machine: one process, no parallelism, float32 where it fits."""
+    cpu = cpu or cpu_serving_dtype(preset.params_billion)
     lengths = [length for length in (preset.context_length, preset.default_max_model_len) if length]
     length = min(lengths) if lengths else None
-    model = _model(preset, preset.dtype)
+    model = _model(preset, cpu.dtype)
     steps: list[str] = []
     weights_gb = kv_gb = need_gb = None
     if model is None:
         steps.append(f"model size unknown ({preset.model_id} is not in the catalog): no memory estimate")
     else:
         weights_gb = model.weights_gb
-        steps.append(_weights_step(model, preset.dtype))
+        steps.append(_weights_step(model, cpu.dtype))
         if length is not None:
             kv_gb = model.kv_bytes_per_token * length / 1e9
             steps.append(_kv_step(model, length, kv_gb))
@@ -285,6 +289,7 @@ def plan_local(preset: ModelPreset) -> InferencePlan:
             "VLLM_CPU_KVCACHE_SPACE GiB of RAM, which must hold one full sequence"
         )
     steps.append("layout: this machine's CPU, tensor_parallel 1 x pipeline_parallel 1")
+    notes = (f"{preset.dtype} weights served in {cpu.dtype}",) if cpu.dtype != preset.dtype else ()
     return InferencePlan(
         preset=preset,
         sku=None,
@@ -292,7 +297,7 @@ def plan_local(preset: ModelPreset) -> InferencePlan:
         nodes=1,
         tensor_parallel=1,
         pipeline_parallel=1,
-        dtype=preset.dtype,
+        dtype=cpu.dtype,
         max_model_len=length,
         weights_gb=weights_gb,
         kv_cache_gb=kv_gb,
@@ -300,6 +305,8 @@ def plan_local(preset: ModelPreset) -> InferencePlan:
         need_gb=need_gb,
         available_gb=None,
         steps=tuple(steps),
+        notes=notes,
+        dtype_reason=cpu.reason,
     )
 
 
@@ -498,7 +505,7 @@ def format_plan(plan: InferencePlan | TuningPlan) -> str:
             ("GPUs per node", str(plan.gpus_per_node)),
             ("tensor parallel", str(plan.tensor_parallel)),
             ("pipeline parallel", str(plan.pipeline_parallel)),
-            ("dtype", plan.dtype),
+            ("dtype", plan.dtype + (f" ({plan.dtype_reason})" if plan.dtype_reason else "")),
             ("max_model_len", str(plan.max_model_len) if plan.max_model_len else "model default"),
             ("weights", _gb(plan.weights_gb)),
             ("KV cache", _gb(plan.kv_cache_gb)),

@@ -35,11 +35,14 @@ for _ in $(seq 1 900); do
   sleep 1
 done
 grep -q "^ready in" "$LOG" || { echo "not ready after 900 s:"; tail -40 "$LOG"; exit 1; }
+grep -m1 "^  dtype " "$LOG" || true
 sed -n '/^ready in/,$p' "$LOG"
 echo
-echo '== curl -X POST http://127.0.0.1:'"$PORT"'/chat -d '"'"'{"prompt":"What is the capital of France?"}'"'"
-curl -sS -X POST "http://127.0.0.1:$PORT/chat" -H 'Content-Type: application/json' \
-  -d '{"prompt":"What is the capital of France?"}'
+# Greedy, so the answer is the model's best one and the same on every machine (the CPU engine
+# serves float32: see the README's "CPU dtype").
+BODY='{"prompt":"What is the capital of France?","generate_kwargs":{"do_sample":false,"max_length":64}}'
+echo "== curl -X POST http://127.0.0.1:$PORT/chat -d '$BODY'"
+curl -sS -X POST "http://127.0.0.1:$PORT/chat" -H 'Content-Type: application/json' -d "$BODY"
 echo
 echo
 echo "The Workspace is still serving on http://127.0.0.1:$PORT (OpenAI API under /v1). Stop it with: make stop"

@@ -21,6 +21,7 @@ from ray import serve
 
 from serve_apps.config import AdapterConfig
 from serve_apps.llm_server import LLMServer
+from serve_apps.protocol import EngineFacts
 from serve_apps.routes import Answer, Backend, Kind, Overloaded, StreamHead, build_routes
 
 
@@ -97,8 +98,8 @@ class _LocalBackend(Backend):
     async def adapter_states(self) -> dict[str, dict[str, Any]]:
         return self.server.adapter_states()
 
-    async def max_model_len(self) -> int | None:
-        return self.server.max_model_len
+    async def engine_facts(self) -> EngineFacts:
+        return EngineFacts(self.server.max_model_len, self.server.dtype)
 
     async def engine_health(self) -> None:
         await self.server.engine_health()

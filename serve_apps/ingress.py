@@ -16,6 +16,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_apps.config import AdapterConfig, AdaptersConfig, AppConfig
+from serve_apps.protocol import EngineFacts
 from serve_apps.routes import Answer, Backend, Kind, Overloaded, StreamHead, build_routes
 
 
@@ -53,10 +54,9 @@ class Ingress(Backend):
         states: dict[str, dict[str, Any]] = await self.llm.adapter_states.remote()
         return states
 
-    async def max_model_len(self) -> int | None:
+    async def engine_facts(self) -> EngineFacts:
         info: dict[str, Any] = await self.llm.replica_info.remote()
-        length: int | None = info.get("max_model_len")
-        return length
+        return EngineFacts(info.get("max_model_len"), info.get("dtype"))
 
     async def engine_health(self) -> None:
         await self.llm.engine_health.remote()

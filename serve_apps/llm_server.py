@@ -88,7 +88,8 @@ class LLMServer:
         model_path = await asyncio.get_running_loop().run_in_executor(None, resolve_model_path, self.config)
         self.engine = make_engine(self.config, model_path)
         await self.engine.start()
-        self.max_model_len = getattr(self.engine, "max_model_len", None)
+        self.max_model_len = self.engine.max_model_len
+        self.dtype = self.engine.dtype
 
         # Built here rather than as a decorator so the per-replica limit comes from the Workspace;
         # a plain function, because the multiplexer keeps its cache as an attribute of it.
@@ -262,6 +263,7 @@ class LLMServer:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "max_model_len": self.max_model_len,
+            "dtype": self.dtype,
             "adapters_loaded": sorted(self._materialized),
         }
 

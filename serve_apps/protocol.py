@@ -30,8 +30,23 @@ class LoadedAdapter:
     strength: float
 
 
+@dataclass(frozen=True)
+class EngineFacts:
+    """What a started engine runs, as /health and /v1/models report it."""
+
+    max_model_len: int | None
+    dtype: str | None
+
+
 class LLMEngine(abc.ABC):
-    """What the LLM deployment needs from an engine."""
+    """What the LLM deployment needs from an engine.
+
+    After `start`, `max_model_len` and `dtype` say what the engine actually runs (the dtype as
+    torch names it, e.g. "float32"), so /health and /v1/models report facts, not the request.
+    """
+
+    max_model_len: int | None = None
+    dtype: str | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -27,7 +27,7 @@ from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 
 from serve_apps.config import AdapterConfig, AppConfig
 from serve_apps.kaito_chat import KaitoChatRequest, to_openai
-from serve_apps.protocol import error_response
+from serve_apps.protocol import EngineFacts, error_response
 
 Kind = str  # "chat" | "completions"
 # (status, JSON body, headers) of a whole answer.
@@ -57,7 +57,7 @@ class Backend(abc.ABC):
     async def adapter_states(self) -> dict[str, dict[str, Any]]: ...
 
     @abc.abstractmethod
-    async def max_model_len(self) -> int | None: ...
+    async def engine_facts(self) -> EngineFacts: ...
 
     @abc.abstractmethod
     async def engine_health(self) -> None: ...
@@ -240,13 +240,18 @@ def build_routes(backend: Backend) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         states = await backend.adapter_states()
+        facts = await backend.engine_facts()
+        # `dtype` is an extra field (ModelCard allows them): what the engine serves the base in.
         cards = [
-            ModelCard(
-                id=base(),
-                root=backend.config.model.preset,
-                owned_by="kairay",
-                created=started,
-                max_model_len=await backend.max_model_len(),
+            ModelCard.model_validate(
+                {
+                    "id": base(),
+                    "root": backend.config.model.preset,
+                    "owned_by": "kairay",
+                    "created": started,
+                    "max_model_len": facts.max_model_len,
+                    "dtype": facts.dtype,
+                }
             )
         ]
         for name, adapter in sorted(backend.adapters.items()):
@@ -267,9 +272,10 @@ def build_routes(backend: Backend) -> FastAPI:
         try:
             await backend.engine_health()
             states = await backend.adapter_states()
+            facts = await backend.engine_facts()
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "message": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "model": base(), "adapters": states})
+        return JSONResponse({"status": "ok", "model": base(), "dtype": facts.dtype, "adapters": states})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

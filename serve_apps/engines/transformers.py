@@ -72,7 +72,6 @@ class TransformersEngine(LLMEngine):
         self._adapters: dict[str, LoadedAdapter] = {}
         # One generation at a time: peft's active adapter is model-global state.
         self._lock = asyncio.Lock()
-        self.max_model_len: int | None = None
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._load)
@@ -89,6 +88,7 @@ class TransformersEngine(LLMEngine):
         self._tokenizer = AutoTokenizer.from_pretrained(self._model_path)
         self._model = AutoModelForCausalLM.from_pretrained(self._model_path, dtype=dtype)
         self._model.eval()
+        self.dtype = str(self._model.dtype).removeprefix("torch.")
         configured = self._engine_args.get("max_model_len")
         native = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self.max_model_len = min(int(configured), native) if configured else native

@@ -49,7 +49,6 @@ class VLLMEngine(LLMEngine):
         self._engine_args = dict(engine_args)
         self._llm: Any = None
         self._state: Any = None
-        self.max_model_len: int | None = None
 
     def _parse_args(self) -> Any:
         from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
@@ -82,6 +81,7 @@ class VLLMEngine(LLMEngine):
             self._llm, self._state, args, supported_tasks=await self._llm.get_supported_tasks()
         )
         self.max_model_len = vllm_config.model_config.max_model_len
+        self.dtype = str(vllm_config.model_config.dtype).removeprefix("torch.")
 
     async def chat(self, request: ChatCompletionRequest, adapter: LoadedAdapter | None) -> ChatResult:
         request.model = adapter.name if adapter else self._served_name

@@ -16,6 +16,7 @@ from presets import (
     plan_tuning,
     resolve_preset,
 )
+from presets.cpu import CpuDtype
 from presets.sizing import GPU_MEMORY_UTILIZATION
 
 # preset, instance type -> nodes, GPUs per node, tensor parallel, pipeline parallel, dtype, max_model_len
@@ -266,8 +267,11 @@ def test_local_directory_preset_is_sized_from_its_files(tmp_path: Path):
     assert (plan.nodes, plan.gpus_per_node) == (1, 1)
 
 
+BF16_CPU = CpuDtype("bfloat16", "chosen")
+
+
 def test_plan_local_runs_the_preset_on_cpu():
-    plan = plan_local(get_preset("smollm2-135m-instruct"))
+    plan = plan_local(get_preset("smollm2-135m-instruct"), BF16_CPU)
     assert plan.sku is None and plan.device == "cpu"
     assert (plan.gpus_per_node, plan.nodes, plan.tensor_parallel, plan.pipeline_parallel) == (0, 1, 1, 1)
     assert plan.dtype == "bfloat16"
@@ -281,10 +285,21 @@ def test_plan_local_runs_the_preset_on_cpu():
         "dtype": "bfloat16",
     }
     assert "this machine (CPU)" in format_plan(plan)
+    assert plan.notes == ()
+
+
+def test_plan_local_serves_float32_by_default():
+    plan = plan_local(get_preset("smollm2-135m-instruct"))
+    assert plan.dtype == "float32" and plan.engine_args()["dtype"] == "float32"
+    # float32 doubles the weights and the KV cache.
+    assert plan.weights_gb == pytest.approx(0.135 * 4)
+    assert plan.kv_cache_gb == pytest.approx(2 * 30 * 3 * 64 * 4 * 2048 / 1e9)
+    assert plan.notes == ("bfloat16 weights served in float32",)
+    assert re.search(r"^dtype\s+float32 \(greedy answers match on every processor", format_plan(plan), re.M)
 
 
 def test_plan_local_caps_at_the_context_and_handles_unknown_sizes():
-    assert plan_local(get_preset("phi-3-mini-4k-instruct")).max_model_len == 4096
+    assert plan_local(get_preset("phi-3-mini-4k-instruct"), BF16_CPU).max_model_len == 4096
     unknown = plan_local(resolve_preset("acme/mystery-13b"))
     assert unknown.max_model_len is None and unknown.need_gb is None
     assert unknown.engine_args()["enforce_eager"] is True

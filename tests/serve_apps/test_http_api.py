@@ -116,6 +116,7 @@ def test_models_lists_base_and_adapters(served: KairayUp) -> None:
     cards = {card["id"]: card for card in response.json()["data"]}
     assert cards[BASE]["parent"] is None
     assert cards[BASE]["max_model_len"] == 2048
+    assert cards[BASE]["dtype"] == "float32"
     assert cards["adapter-a"]["parent"] == BASE
     assert cards["adapter-zero"]["parent"] == BASE
 
@@ -143,6 +144,7 @@ def test_health_and_metrics(served: KairayUp) -> None:
         metrics = http.get("/metrics")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
+    assert health.json()["dtype"] == "float32"
     assert health.json()["adapters"]["adapter-a"]["ready"] is True
     assert metrics.status_code == 200
     assert "kairay_requests_total" in metrics.text
