@@ -124,6 +124,29 @@ class NodeReport:
     target_node_count: int = 0
     mismatched_nodes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(
+        cls,
+        req: NodeRequest,
+        ready: bool,
+        reason: str,
+        message: str,
+        *,
+        retry: float | None,
+        nodes: list[str] | None = None,
+        mismatched: list[str] | None = None,
+    ) -> NodeReport:
+        """The verdict on `req`, as every provisioner words it."""
+        return cls(
+            ready=ready,
+            reason=reason,
+            message=message,
+            worker_nodes=nodes or [],
+            retry_after_seconds=retry,
+            target_node_count=req.node_count,
+            mismatched_nodes=mismatched or [],
+        )
+
 
 class NodeProvisioner(Protocol):
     async def ensure(self, req: NodeRequest) -> NodeReport:
