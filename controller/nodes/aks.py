@@ -377,13 +377,7 @@ class AksProvisioner:
         try:
             nodes = await asyncio.to_thread(self._core.list_node, label_selector=selector)
         except ApiException as exc:
-            return NodeReport.of(
-                req,
-                False,
-                Reason.KUBERNETES_ERROR,
-                f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
-            )
+            return NodeReport.listing_failed(req, exc, retry=self._poll)
         ready = sorted(node_name(n) for n in nodes.items if node_is_ready(n))
         if len(ready) >= req.node_count:
             return NodeReport.of(

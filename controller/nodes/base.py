@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from kubernetes.client import V1Node
+from kubernetes.client.exceptions import ApiException
 
 if TYPE_CHECKING:
     from azure.mgmt.containerservice import models as aks
@@ -146,6 +147,12 @@ class NodeReport:
             target_node_count=req.node_count,
             mismatched_nodes=mismatched or [],
         )
+
+    @classmethod
+    def listing_failed(cls, req: NodeRequest, exc: ApiException, *, retry: float) -> NodeReport:
+        """The nodes could not be listed: nothing is known about them yet."""
+        message = f"listing nodes failed: {exc.status} {exc.reason}"
+        return cls.of(req, False, Reason.KUBERNETES_ERROR, message, retry=retry)
 
 
 class NodeProvisioner(Protocol):

@@ -95,13 +95,7 @@ class ByoProvisioner:
         try:
             nodes = await self._list(selector)
         except ApiException as exc:
-            return NodeReport.of(
-                req,
-                False,
-                Reason.KUBERNETES_ERROR,
-                f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
-            )
+            return NodeReport.listing_failed(req, exc, retry=self._poll)
 
         preferred = {name: i for i, name in enumerate(req.preferred_nodes)}
         usable: list[tuple[str, GpuFacts]] = []
