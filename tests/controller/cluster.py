@@ -19,8 +19,8 @@ from kubernetes import client
 
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
-from controller.objects import render_objects
 from controller.settings import Settings
+from controller.workloads import render_objects
 from presets.sizing import InferencePlan
 from presets.skus import GpuSku, get_sku
 from tests.harness.fake_apiserver import FakeApiServer

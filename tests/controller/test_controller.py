@@ -23,8 +23,8 @@ from kubernetes.client.exceptions import ApiException
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
 from controller.crds.schema import NOT_DECLARED
-from controller.handlers import FINALIZER
-from controller.tuning_objects import PUSH_SECRET_DIR, rayjob_name
+from controller.finalizer import FINALIZER
+from controller.workloads.tuning import PUSH_SECRET_DIR, rayjob_name
 from kuberay.client import SPEC_HASH_ANNOTATION
 from tests.controller.cluster import (
     A100,
