@@ -262,6 +262,22 @@ def sized_workspace(
     }
 
 
+def tuning_workspace(namespace: str, output: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": "tune", "namespace": namespace},
+        "resource": {"instanceType": A100, "labelSelector": {"matchLabels": {"pool": namespace}}},
+        "tuning": {
+            "preset": {"name": "phi-3-mini-4k-instruct"},
+            "method": "lora",
+            "config": "training",
+            "input": {"image": "registry.test/data/sql:1", "imagePullSecrets": ["pull-creds"]},
+            "output": {"image": output, "imagePushSecret": "push-creds"},
+        },
+    }
+
+
 def assert_rayservice_follows_plan(rayservice: dict[str, Any], plan: InferencePlan) -> None:
     """One Ray worker per planned node, each asking for the node's GPUs, and the engine split as planned."""
     (workers,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]

@@ -19,7 +19,7 @@ from controller.nodes.base import NodeProvisioner
 from controller.nodes.byo import ByoProvisioner
 from controller.reconcile import Reconciler
 from controller.settings import ControllerOptions
-from tests.controller.cluster import A100, SETTINGS, Cluster, install_crds, sized_workspace
+from tests.controller.cluster import A100, SETTINGS, Cluster, install_crds, sized_workspace, tuning_workspace
 from tests.controller.workspaces import workspace
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_kuberay import FakeKubeRay
@@ -86,29 +86,20 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(server, api, cast(FakeKubeRay, None))
 
 
-def tuning_workspace(namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kaito.sh/v1beta1",
-        "kind": "Workspace",
-        "metadata": {"name": "ws", "namespace": namespace},
-        "resource": {"instanceType": A100, "labelSelector": {"matchLabels": {"pool": namespace}}},
-        "tuning": {
-            "preset": {"name": "phi-3-mini-4k-instruct"},
-            "method": "lora",
-            "input": {"image": "registry.test/data/sql:1"},
-            "output": {"image": "registry.test/adapters/sql:1", "imagePushSecret": "push-creds"},
-        },
-    }
-
-
-@pytest.mark.parametrize(("kind", "child"), [("inference", "rayservices"), ("tuning", "rayjobs")])
+@pytest.mark.parametrize("child", ["rayservices", "rayjobs"])
 def test_one_reconcile_sizes_the_workspace_once(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, kind: str, child: str
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, child: str
 ) -> None:
     namespace = cluster.namespace("sizing")
     cluster.gpu_node("gpu-0", {"pool": namespace})
-    obj = sized_workspace(namespace, A100, "phi-3-mini-4k-instruct")
-    cluster.create_workspace(obj if kind == "inference" else tuning_workspace(namespace))
+    if child == "rayservices":
+        created = cluster.create_workspace(sized_workspace(namespace, A100, "phi-3-mini-4k-instruct"))
+    else:
+        training = "training_config:\n  TrainingArguments:\n    num_train_epochs: 1\n"
+        configmap = {"name": "training", "namespace": namespace}
+        cluster.add({"kind": "ConfigMap", "metadata": configmap, "data": {"training_config.yaml": training}})
+        created = cluster.create_workspace(tuning_workspace(namespace, "registry.test/out:1"))
+    name = created["metadata"]["name"]
     # Events go through kopf's queue, which only a running operator has.
     monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
     sizings = count_sizings(monkeypatch)
@@ -116,10 +107,10 @@ def test_one_reconcile_sizes_the_workspace_once(
         cluster.api, ByoProvisioner(CoreV1Api(cluster.api)), ControllerOptions(settings=SETTINGS)
     )
 
-    asyncio.run(reconciler.reconcile(namespace, "ws"))
+    asyncio.run(reconciler.reconcile(namespace, name))
 
     # The reconcile went all the way: children created, status written.
     assert cluster.server.list(child, namespace)
-    stored = cluster.workspace(namespace, "ws")
+    stored = cluster.workspace(namespace, name)
     assert stored is not None and stored.get("status")
     assert len(sizings) == 1, sizings
