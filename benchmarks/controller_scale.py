@@ -52,7 +52,7 @@ class CountingApiClient(client.ApiClient):
 def controller_available() -> str | None:
     """None when `kairay controller` exists, else why not."""
     try:
-        import controller.handlers  # noqa: F401
+        import controller.wiring  # noqa: F401
     except ImportError as exc:
         return f"controller not available: {exc}"
     probe = subprocess.run(

@@ -21,10 +21,10 @@ import kopf
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
 
-from controller.handlers import ControllerOptions, ProvisionerFactory, build_registry
 from controller.nodes.base import NodeProvisioner
 from controller.nodes.byo import ByoProvisioner
-from controller.settings import Settings
+from controller.settings import ControllerOptions, Settings
+from controller.wiring import ProvisionerFactory, build_registry
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/kairay/kairay-runtime:0.1.0"
@@ -31,3 +31,16 @@ class Settings:
             image_pull_secrets=tuple(s for s in secrets.split(",") if s),
             node_provisioner=provisioner,  # type: ignore[arg-type]
         )
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """How the reconcile loop runs: the settings of what it renders, and its timing."""
+
+    settings: Settings = field(default_factory=Settings)
+    # How often every Workspace is reconciled even without events (nodes, ConfigMaps, agent pools).
+    resync_seconds: float = 30.0
+    # Re-reads after a 409 before giving the retry back to kopf.
+    conflict_attempts: int = 5
+    # kopf's delay before retrying a handler that failed on an API error or is waiting for deletion.
+    retry_delay_seconds: float = 5.0

@@ -118,7 +118,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             if args.target == "local" and ws.tuning is None:
                 documents.append(render_serve_config(ws, "local"))
             else:
-                from controller.objects import render_objects
+                from controller.workloads import render_objects
 
                 documents.extend(render_objects(ws))
         except RenderError as exc:

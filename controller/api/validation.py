@@ -25,18 +25,27 @@ INSTANCE_TYPE = "resource.instanceType"
 
 
 def validate_workspace(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[FieldError]:
-    """Every problem with creating ``obj`` (or updating ``old`` to it); empty when it is valid.
+    """Every problem with creating ``obj`` (or updating ``old`` to it); empty when it is valid."""
+    return check_workspace(obj, old)[1]
+
+
+def check_workspace(
+    obj: dict[str, Any], old: dict[str, Any] | None = None, *, fit: bool = True
+) -> tuple[Workspace | None, list[FieldError]]:
+    """The Workspace as parsed (None when it does not get that far) and every problem with it.
 
     Each stage runs only when the one before passed: its errors would restate the earlier ones.
+    `fit=False` leaves out whether the model fits the instance type, for a caller that sizes the
+    Workspace right after anyway (the controller, which then sizes it once).
     """
     errors = validate_object(_crd(), obj, old)
     if errors:
-        return errors
+        return None, errors
     try:
         workspace = parse_workspace(obj)
     except WorkspaceError as exc:
-        return exc.errors
-    return catalog_errors(workspace)
+        return None, exc.errors
+    return workspace, catalog_errors(workspace, fit=fit)
 
 
 @functools.cache
@@ -44,8 +53,9 @@ def _crd() -> dict[str, Any]:
     return load_crd()
 
 
-def catalog_errors(workspace: Workspace) -> list[FieldError]:
-    """The checks the CRD cannot make: known preset, known instance type, supported tuning, fit."""
+def catalog_errors(workspace: Workspace, *, fit: bool = True) -> list[FieldError]:
+    """The checks the CRD cannot make: known preset, known instance type, supported tuning, and (with
+    `fit`) whether the model fits."""
     errors: list[FieldError] = []
     sku: GpuSku | None = None
     if workspace.resource.instance_type:
@@ -53,10 +63,11 @@ def catalog_errors(workspace: Workspace) -> list[FieldError]:
             sku = get_sku(workspace.resource.instance_type)
         except UnknownInstanceTypeError as exc:
             errors.append(FieldError(INSTANCE_TYPE, str(exc)))
+    sized = sku if fit else None
     if workspace.inference is not None:
-        errors.extend(_inference_errors(workspace.inference, sku, workspace.runtime))
+        errors.extend(_inference_errors(workspace.inference, sized, workspace.runtime))
     if workspace.tuning is not None:
-        errors.extend(_tuning_errors(workspace.tuning, sku))
+        errors.extend(_tuning_errors(workspace.tuning, sized))
     return errors
 
 

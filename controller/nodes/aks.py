@@ -227,17 +227,17 @@ class AksProvisioner:
 
         provisioning = pool.provisioning_state or ""
         if provisioning in _IN_PROGRESS:
-            return self._report(
+            return NodeReport.of(
                 req, False, Reason.POOL_PROVISIONING, f"agent pool {name} is {provisioning}", retry=self._poll
             )
         if provisioning == "Deleting":
-            return self._report(
+            return NodeReport.of(
                 req, False, Reason.POOL_DELETING, f"agent pool {name} is being deleted", retry=self._poll
             )
         if (pool.vm_size or "").lower() != req.instance_type.lower():
             # AKS cannot change the VM size of an existing pool, and deleting someone's pool to fix
             # it is not this controller's call.
-            return self._report(
+            return NodeReport.of(
                 req,
                 False,
                 Reason.POOL_MISMATCH,
@@ -327,12 +327,12 @@ class AksProvisioner:
             # errors included, to ResourceExistsError, so the status code is what tells them apart.
             if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 message = f"agent pool {name} already exists"
-                return self._report(req, False, Reason.POOL_PROVISIONING, message, retry=self._poll)
+                return NodeReport.of(req, False, Reason.POOL_PROVISIONING, message, retry=self._poll)
             return self._record_failure(req, state, failure_from_exception(exc))
         # `attempts` stays until the pool succeeds, so that a failure after this retry backs off longer.
         state.retry_at = None
         state.failure = None
-        return self._report(req, False, Reason.POOL_PROVISIONING, action, retry=self._poll)
+        return NodeReport.of(req, False, Reason.POOL_PROVISIONING, action, retry=self._poll)
 
     def _record_failure(self, req: NodeRequest, state: _RetryState, failure: AzureFailure) -> NodeReport:
         state.attempts += 1
@@ -344,7 +344,7 @@ class AksProvisioner:
 
     def _failure_report(self, req: NodeRequest, state: _RetryState, now: float) -> NodeReport:
         assert state.failure is not None and state.retry_at is not None
-        return self._report(
+        return NodeReport.of(
             req,
             False,
             state.failure.reason,
@@ -377,16 +377,10 @@ class AksProvisioner:
         try:
             nodes = await asyncio.to_thread(self._core.list_node, label_selector=selector)
         except ApiException as exc:
-            return self._report(
-                req,
-                False,
-                Reason.KUBERNETES_ERROR,
-                f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
-            )
+            return NodeReport.listing_failed(req, exc, retry=self._poll)
         ready = sorted(node_name(n) for n in nodes.items if node_is_ready(n))
         if len(ready) >= req.node_count:
-            return self._report(
+            return NodeReport.of(
                 req,
                 True,
                 Reason.READY,
@@ -394,30 +388,11 @@ class AksProvisioner:
                 nodes=ready,
                 retry=None,
             )
-        return self._report(
+        return NodeReport.of(
             req,
             False,
             Reason.NODES_NOT_READY,
             f"agent pool {name} succeeded; {len(ready)} of {req.node_count} nodes Ready",
             nodes=ready,
             retry=self._poll,
-        )
-
-    def _report(
-        self,
-        req: NodeRequest,
-        ready: bool,
-        reason: str,
-        message: str,
-        *,
-        retry: float | None,
-        nodes: list[str] | None = None,
-    ) -> NodeReport:
-        return NodeReport(
-            ready=ready,
-            reason=reason,
-            message=message,
-            worker_nodes=nodes or [],
-            retry_after_seconds=retry,
-            target_node_count=req.node_count,
         )

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from kubernetes.client import V1Node
+from kubernetes.client.exceptions import ApiException
 
 if TYPE_CHECKING:
     from azure.mgmt.containerservice import models as aks
@@ -123,6 +124,35 @@ class NodeReport:
     retry_after_seconds: float | None = None
     target_node_count: int = 0
     mismatched_nodes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        req: NodeRequest,
+        ready: bool,
+        reason: str,
+        message: str,
+        *,
+        retry: float | None,
+        nodes: list[str] | None = None,
+        mismatched: list[str] | None = None,
+    ) -> NodeReport:
+        """The verdict on `req`, as every provisioner words it."""
+        return cls(
+            ready=ready,
+            reason=reason,
+            message=message,
+            worker_nodes=nodes or [],
+            retry_after_seconds=retry,
+            target_node_count=req.node_count,
+            mismatched_nodes=mismatched or [],
+        )
+
+    @classmethod
+    def listing_failed(cls, req: NodeRequest, exc: ApiException, *, retry: float) -> NodeReport:
+        """The nodes could not be listed: nothing is known about them yet."""
+        message = f"listing nodes failed: {exc.status} {exc.reason}"
+        return cls.of(req, False, Reason.KUBERNETES_ERROR, message, retry=retry)
 
 
 class NodeProvisioner(Protocol):

@@ -95,13 +95,7 @@ class ByoProvisioner:
         try:
             nodes = await self._list(selector)
         except ApiException as exc:
-            return self._report(
-                req,
-                False,
-                Reason.KUBERNETES_ERROR,
-                f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
-            )
+            return NodeReport.listing_failed(req, exc, retry=self._poll)
 
         preferred = {name: i for i, name in enumerate(req.preferred_nodes)}
         usable: list[tuple[str, GpuFacts]] = []
@@ -127,7 +121,7 @@ class ByoProvisioner:
             message = f"{len(chosen)} nodes Ready" + (f" ({', '.join(products)})" if products else "")
             if mismatched:
                 message += f"; not used: {mismatch_text}"
-            return self._report(
+            return NodeReport.of(
                 req,
                 True,
                 Reason.READY,
@@ -146,7 +140,7 @@ class ByoProvisioner:
             message += f"; preferred nodes not found or not matching labelSelector: {', '.join(missing)}"
         if mismatched:
             message += f"; unsuitable: {mismatch_text}"
-        return self._report(
+        return NodeReport.of(
             req,
             False,
             Reason.NODE_MISMATCH if mismatched else Reason.NODES_NOT_READY,
@@ -171,24 +165,3 @@ class ByoProvisioner:
             if self._listings.get(selector) is cached:
                 del self._listings[selector]  # the next Workspace asks again rather than reuse a failure
             raise
-
-    def _report(
-        self,
-        req: NodeRequest,
-        ready: bool,
-        reason: str,
-        message: str,
-        *,
-        retry: float | None,
-        nodes: list[str] | None = None,
-        mismatched: list[str] | None = None,
-    ) -> NodeReport:
-        return NodeReport(
-            ready=ready,
-            reason=reason,
-            message=message,
-            worker_nodes=nodes or [],
-            retry_after_seconds=retry,
-            target_node_count=req.node_count,
-            mismatched_nodes=mismatched or [],
-        )

@@ -19,8 +19,8 @@ from kubernetes import client
 
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
-from controller.objects import render_objects
 from controller.settings import Settings
+from controller.workloads import render_objects
 from presets.sizing import InferencePlan
 from presets.skus import GpuSku, get_sku
 from tests.harness.fake_apiserver import FakeApiServer
@@ -259,6 +259,22 @@ def sized_workspace(
         "metadata": metadata,
         "resource": resource,
         "inference": {"preset": {"name": preset}},
+    }
+
+
+def tuning_workspace(namespace: str, output: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": "tune", "namespace": namespace},
+        "resource": {"instanceType": A100, "labelSelector": {"matchLabels": {"pool": namespace}}},
+        "tuning": {
+            "preset": {"name": "phi-3-mini-4k-instruct"},
+            "method": "lora",
+            "config": "training",
+            "input": {"image": "registry.test/data/sql:1", "imagePullSecrets": ["pull-creds"]},
+            "output": {"image": output, "imagePushSecret": "push-creds"},
+        },
     }
 
 

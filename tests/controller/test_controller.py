@@ -23,8 +23,8 @@ from kubernetes.client.exceptions import ApiException
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
 from controller.crds.schema import NOT_DECLARED
-from controller.handlers import FINALIZER
-from controller.tuning_objects import PUSH_SECRET_DIR, rayjob_name
+from controller.finalizer import FINALIZER
+from controller.workloads.tuning import PUSH_SECRET_DIR, rayjob_name
 from kuberay.client import SPEC_HASH_ANNOTATION
 from tests.controller.cluster import (
     A100,
@@ -36,6 +36,7 @@ from tests.controller.cluster import (
     install_crds,
     printer_columns,
     state,
+    tuning_workspace,
 )
 from tests.controller.samples import Sample, load_samples
 from tests.harness.fake_apiserver import FakeApiServer
@@ -304,22 +305,6 @@ def test_missing_configmap_is_a_condition_until_it_appears(cluster: Cluster) -> 
     assert stored is not None
     engine_args = yaml.safe_load(stored["spec"]["serveConfigV2"])["applications"][0]["args"]["engine_args"]
     assert (engine_args["max_model_len"], engine_args["gpu_memory_utilization"]) == (1024, 0.8)
-
-
-def tuning_workspace(namespace: str, output: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kaito.sh/v1beta1",
-        "kind": "Workspace",
-        "metadata": {"name": "tune", "namespace": namespace},
-        "resource": {"instanceType": A100, "labelSelector": {"matchLabels": {"pool": namespace}}},
-        "tuning": {
-            "preset": {"name": "phi-3-mini-4k-instruct"},
-            "method": "lora",
-            "config": "training",
-            "input": {"image": "registry.test/data/sql:1", "imagePullSecrets": ["pull-creds"]},
-            "output": {"image": output, "imagePushSecret": "push-creds"},
-        },
-    }
 
 
 def test_tuning_workspace_runs_a_rayjob_and_reports_its_outcome(cluster: Cluster) -> None:

@@ -20,10 +20,10 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 
-from controller.handlers import AKS_DEFAULT_OS_DISK_GB, RUNTIME_DISK_GB
 from controller.main import ArmConnection, ConfigError
 from controller.nodes.aks import ARM_SCOPE, LoopbackAuthenticationPolicy, StaticTokenCredential
 from controller.nodes.base import GPU_TAINT, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, pool_name
+from controller.workloads.common import AKS_DEFAULT_OS_DISK_GB, RUNTIME_DISK_GB
 from presets.models import resolve_preset
 from presets.sizing import SizingError, plan_inference
 from presets.skus import get_sku

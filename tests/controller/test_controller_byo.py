@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from controller.handlers import FINALIZER
+from controller.finalizer import FINALIZER
 from presets.models import resolve_preset
 from presets.sizing import SizingError, plan_inference
 from presets.skus import get_sku

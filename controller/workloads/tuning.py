@@ -13,19 +13,18 @@ never adopts the finished job of its predecessor.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shlex
 from typing import Any
 
 from controller.api.workspace import TuningSpec, Workspace
-from controller.objects import HF_TOKEN_KEY, cluster_plan, labels, owner_reference
 from controller.settings import Settings
+from controller.workloads.common import DesiredState, cluster_plan, disk_gb, model_access_env, node_request
 from kuberay.cluster import MAX_NAME_LENGTH
 from kuberay.rayjob import build_rayjob
 from presets.models import resolve_preset
-from presets.sizing import plan_tuning
+from presets.sizing import TuningPlan, plan_tuning
 from presets.skus import get_sku
 
 CONFIG_DIR = "/mnt/config"
@@ -53,40 +52,45 @@ def rayjob_name(ws: Workspace) -> str:
     return f"{stem}-{spec_digest(ws)}"
 
 
-def build_tuning_objects(ws: Workspace, settings: Settings) -> list[dict[str, Any]]:
+def tuning_state(ws: Workspace, settings: Settings) -> DesiredState:
+    """The RayJob of a tuning Workspace, on one node, sized once."""
     if ws.tuning is None:
-        raise ValueError("build_tuning_objects needs a tuning Workspace")
+        raise ValueError("tuning_state needs a tuning Workspace")
     tuning = ws.tuning
-    gpus = 0
+    preset = resolve_preset(tuning.preset.name)
+    plan: TuningPlan | None = None
     if ws.resource.instance_type:
-        # One node; Ray Train runs one worker per GPU of it.
-        preset, sku = resolve_preset(tuning.preset.name), get_sku(ws.resource.instance_type)
-        gpus = plan_tuning(preset, sku, tuning.method).workers
+        # Ray Train runs one worker per GPU of the node.
+        plan = plan_tuning(preset, get_sku(ws.resource.instance_type), tuning.method)
+    gpus = plan.workers if plan is not None else 0
     volumes, mounts, arguments = _mounts(tuning)
     arguments += ["--num-workers", str(max(gpus, 1))]
     if gpus:
         arguments.append("--gpu")
-    env: list[dict[str, Any]] = []
-    secret = tuning.preset.preset_options.model_access_secret
-    if secret:
-        reference = {"secretKeyRef": {"name": secret, "key": HF_TOKEN_KEY}}
-        env.append({"name": HF_TOKEN_KEY, "valueFrom": reference})
-    # The plan is named after the RayJob (KubeRay's name rules apply to it), labelled and owned as the
-    # Workspace.
-    job = ws.model_copy(update={"metadata": ws.metadata.model_copy(update={"name": rayjob_name(ws)})})
-    cluster = dataclasses.replace(
-        cluster_plan(
-            job, settings, gpus_per_worker=gpus, workers=1, env=env, volumes=volumes, volume_mounts=mounts
-        ),
-        labels=labels(ws),
-        owner_references=[owner_reference(ws)],
+    # The plan is named after the RayJob: KubeRay's name rules apply to it.
+    cluster = cluster_plan(
+        ws,
+        settings,
+        gpus_per_worker=gpus,
+        workers=1,
+        env=model_access_env(tuning.preset.preset_options.model_access_secret),
+        volumes=volumes,
+        volume_mounts=mounts,
+        name=rayjob_name(ws),
     )
     entrypoint = shlex.join(["python", "-m", "tuning.job", "--workspace", _workspace_json(ws), *arguments])
     rayjob = build_rayjob(cluster, entrypoint)
     # The head advertises no CPUs, so asking for one puts the driver on the worker pod, next to the
     # Train worker: the final checkpoint then sits on local storage the driver can read.
     rayjob["spec"]["entrypointNumCpus"] = 1
-    return [rayjob]
+    nodes = node_request(
+        ws,
+        node_count=1,
+        gpus_per_node=plan.workers if plan is not None else None,
+        gpu_memory_gb=plan.sku.gpu_memory_gb if plan is not None else None,
+        os_disk_gb=disk_gb(preset.disk_gb),
+    )
+    return DesiredState("tuning", [rayjob], plan, nodes)
 
 
 def _mounts(tuning: TuningSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from controller.api.workspace import parse_workspace
-from controller.objects import render_objects
 from controller.settings import Settings
-from controller.tuning_objects import (
+from controller.workloads import render_objects
+from controller.workloads.tuning import (
     CONFIG_DIR,
     INPUT_DIR,
     OUTPUT_DIR,
     PUSH_SECRET_DIR,
-    build_tuning_objects,
     rayjob_name,
+    tuning_state,
 )
 from kuberay.cluster import MAX_NAME_LENGTH
 from tests.harness.fake_kuberay import schema_errors
@@ -50,7 +50,7 @@ def workspace(**tuning: Any) -> dict[str, Any]:
 
 
 def rayjob(obj: dict[str, Any]) -> dict[str, Any]:
-    (job,) = build_tuning_objects(parse_workspace(obj), SETTINGS)
+    (job,) = tuning_state(parse_workspace(obj), SETTINGS).objects
     return job
 
 
