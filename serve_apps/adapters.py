@@ -15,7 +15,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from serve_apps.config import AdapterConfig
@@ -35,14 +34,6 @@ class AdapterError(RuntimeError):
         self.name = name
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True)
-class AdapterState:
-    name: str
-    ready: bool
-    reason: str
-    message: str = ""
 
 
 def cache_dir(configured: str | None) -> Path:

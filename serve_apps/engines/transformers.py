@@ -34,16 +34,10 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
+from vllm.entrypoints.serve.engine.protocol import UsageInfo
 
-from serve_apps.protocol import (
-    ChatResult,
-    CompletionResult,
-    EngineError,
-    LLMEngine,
-    LoadedAdapter,
-    error_response,
-)
+from serve_apps.errors import BadRequest, EngineError, error_response
+from serve_apps.protocol import ChatResult, CompletionResult, LLMEngine, LoadedAdapter
 
 _DTYPES = {
     "bfloat16": "bfloat16",
@@ -105,11 +99,9 @@ class TransformersEngine(LLMEngine):
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
         except Exception as exc:
-            return error_response(f"cannot apply the chat template: {exc}")
+            raise BadRequest(f"cannot apply the chat template: {exc}") from exc
         max_tokens = request.max_completion_tokens or request.max_tokens
         generation = self._plan(list(prompt_ids), max_tokens, request, n=request.n or 1)
-        if isinstance(generation, ErrorResponse):
-            return generation
         model = request.model or self._served_name
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if request.stream:
@@ -137,12 +129,10 @@ class TransformersEngine(LLMEngine):
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             prompt_ids = list(prompt)
         else:
-            return error_response("this runtime takes one prompt per request", param="prompt")
+            raise BadRequest("this runtime takes one prompt per request", param="prompt")
         if request.echo or request.logprobs:
-            return error_response("echo and logprobs are not supported by the transformers runtime")
+            raise BadRequest("echo and logprobs are not supported by the transformers runtime")
         generation = self._plan(list(prompt_ids), request.max_tokens, request, n=request.n)
-        if isinstance(generation, ErrorResponse):
-            return generation
         model = request.model or self._served_name
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if request.stream:
@@ -161,21 +151,21 @@ class TransformersEngine(LLMEngine):
         max_tokens: int | None,
         request: ChatCompletionRequest | CompletionRequest,
         n: int,
-    ) -> _Generation | ErrorResponse:
+    ) -> _Generation:
         limit = self.max_model_len or 2048
         if n != 1:
-            return error_response("the transformers runtime generates one choice (n=1)", param="n")
+            raise BadRequest("the transformers runtime generates one choice (n=1)", param="n")
         if getattr(request, "logprobs", None) and isinstance(request, ChatCompletionRequest):
-            return error_response("logprobs are not supported by the transformers runtime", param="logprobs")
+            raise BadRequest("logprobs are not supported by the transformers runtime", param="logprobs")
         if max_tokens is not None and max_tokens > limit:
-            return error_response(
+            raise BadRequest(
                 f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
                 "Please request fewer output tokens.",
                 param="max_tokens",
             )
         room = limit - len(prompt_ids)
         if room <= 0 or (max_tokens is not None and max_tokens > room):
-            return error_response(
+            raise BadRequest(
                 f"This model's maximum context length is {limit} tokens; the prompt has "
                 f"{len(prompt_ids)} tokens and {max_tokens or 0} were requested for the answer.",
                 param="max_tokens" if room > 0 else "input_tokens",
@@ -385,7 +375,7 @@ class TransformersEngine(LLMEngine):
 
     async def check_health(self) -> None:
         if self._model is None:
-            raise EngineError("model not loaded", HTTPStatus.SERVICE_UNAVAILABLE)
+            raise EngineError("model not loaded", http_status=HTTPStatus.SERVICE_UNAVAILABLE)
 
     def shutdown(self) -> None:
         self._model = None
