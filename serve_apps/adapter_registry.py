@@ -60,14 +60,18 @@ class AdapterCatalog:
 
 
 class _Evictable:
-    """What the multiplexer caches for an adapter; it calls `__del__` when it evicts the adapter."""
+    """What the multiplexer caches for an adapter; it awaits `__del__` when it evicts the adapter."""
 
     def __init__(self, name: str, evict: Callable[[str], Awaitable[None]]) -> None:
         self.name = name
-        self._evict = evict
 
-    async def __del__(self) -> None:
-        await self._evict(self.name)
+        async def evicted() -> None:
+            await evict(name)
+
+        # An instance attribute, not a method: Serve looks `__del__` up on the instance and awaits
+        # it, while the garbage collector looks it up on the type and so never calls it (a method
+        # would leave a never-awaited coroutine behind at every collection).
+        self.__del__ = evicted
 
 
 class AdapterRegistry:
