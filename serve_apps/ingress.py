@@ -24,6 +24,23 @@ from serve_apps.protocol import AdapterState, Completion, Kind, Stream, opened
 from serve_apps.routes import Backend, build_routes
 
 
+@contextmanager
+def replica_refusals(overload_status: int) -> Iterator[None]:
+    """A full LLM deployment, or a replica's refusal unwrapped from Ray's task error, raised as ours.
+
+    Ray re-raises a replica's exception as a `RayTaskError` that also subclasses the exception's
+    class but not its attributes (a per-request status, headers); the original is its `cause`.
+    """
+    try:
+        yield
+    except BackPressureError as exc:
+        raise Overloaded(http_status=overload_status) from exc
+    except RayTaskError as exc:
+        if isinstance(exc.cause, ServingError):
+            raise exc.cause from None
+        raise
+
+
 @serve.ingress()
 class Ingress(Backend):
     def __init__(self, config: dict[str, Any], llm: DeploymentHandle) -> None:
@@ -43,7 +60,7 @@ class Ingress(Backend):
 
     async def generate(self, kind: Kind, request: Any, adapter: str) -> Completion:
         handle = self.llm.options(multiplexed_model_id=adapter)
-        with self._refusals():
+        with replica_refusals(self.config.limits.backpressure_status):
             completion: Completion = await handle.generate.remote(kind, request, adapter)
         return completion
 
@@ -51,22 +68,10 @@ class Ingress(Backend):
         handle = self.llm.options(multiplexed_model_id=adapter, stream=True)
         items: DeploymentResponseGenerator[Any] = handle.stream.remote(kind, request, adapter)  # type: ignore[assignment]
         try:
-            with self._refusals():
+            with replica_refusals(self.config.limits.backpressure_status):
                 return await opened(items)
         except BaseException:
             items.cancel()
-            raise
-
-    @contextmanager
-    def _refusals(self) -> Iterator[None]:
-        """A full deployment, or a replica's refusal unwrapped from Ray's task error, raised as ours."""
-        try:
-            yield
-        except BackPressureError as exc:
-            raise Overloaded(http_status=self.config.limits.backpressure_status) from exc
-        except RayTaskError as exc:
-            if isinstance(exc.cause, ServingError):
-                raise exc.cause from None
             raise
 
     async def adapter_states(self) -> Mapping[str, AdapterState]:
