@@ -19,9 +19,10 @@ from ray import serve
 
 from benchmarks.settings import RANDOM_SUFFIX
 from serve_apps import app as kairay_app
+from serve_apps.adapter_registry import AdapterCatalog
 from serve_apps.ingress import Ingress
 from serve_apps.llm_server import LLMServer
-from serve_apps.routes import Answer, Kind, StreamHead
+from serve_apps.protocol import Completion, Kind, Stream, StreamHead
 
 
 def _unrouted(adapter: str) -> str:
@@ -30,25 +31,41 @@ def _unrouted(adapter: str) -> str:
     return "" if adapter.endswith(RANDOM_SUFFIX) else adapter
 
 
+class _RandomCatalog(AdapterCatalog):
+    def resolve(self, model: str | None) -> str:
+        name = (model or "").removesuffix(RANDOM_SUFFIX)
+        if name != model and name in self.adapters:
+            return model or ""
+        return super().resolve(model)
+
+
 class RandomRoutingIngress(Ingress):
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         super().reconfigure(user_config)
-        self.adapters = {**self.adapters, **{name + RANDOM_SUFFIX: a for name, a in self.adapters.items()}}
+        self.adapters = _RandomCatalog(self.adapters.base_model, self.adapters.adapters)
 
-    async def generate(self, kind: Kind, request: Any, adapter: str) -> Answer:
+    async def generate(self, kind: Kind, request: Any, adapter: str) -> Completion:
         return await super().generate(kind, request, _unrouted(adapter))
 
-    async def stream(self, kind: Kind, request: Any, adapter: str) -> tuple[StreamHead, AsyncIterator[str]]:
+    async def stream(self, kind: Kind, request: Any, adapter: str) -> Stream:
         return await super().stream(kind, request, _unrouted(adapter))
 
 
+def _requested(request: Any, adapter: str) -> str:
+    model = getattr(request, "model", None) or ""
+    if model.endswith(RANDOM_SUFFIX) and not adapter:
+        # From here on the request is resolved exactly like a multiplexed one.
+        return model.removesuffix(RANDOM_SUFFIX)
+    return adapter
+
+
 class RandomRoutingLLMServer(LLMServer):
-    async def _call(self, kind: Kind, request: Any, adapter_name: str) -> Any:
-        model = getattr(request, "model", None) or ""
-        if model.endswith(RANDOM_SUFFIX) and not adapter_name:
-            # From here on the request is resolved exactly like a multiplexed one.
-            adapter_name = model.removesuffix(RANDOM_SUFFIX)
-        return await super()._call(kind, request, adapter_name)
+    async def generate(self, kind: Kind, request: Any, adapter: str) -> Completion:
+        return await super().generate(kind, request, _requested(request, adapter))
+
+    async def stream(self, kind: Kind, request: Any, adapter: str) -> AsyncIterator[StreamHead | str]:
+        async for item in super().stream(kind, request, _requested(request, adapter)):
+            yield item
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

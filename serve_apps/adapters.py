@@ -1,8 +1,9 @@
 """Adapters: from a Workspace entry (local dir or OCI image, strength) to a directory an engine loads.
 
-Materializing happens on each replica when its adapter list changes. Images are pulled into a
-node-local cache; for vLLM a strength below 1 is applied by writing a copy whose LoRA B matrices are
-scaled (the delta is B·A, so scaling B scales the delta exactly, and 0 gives the base model).
+Materializing happens on each replica when its adapter list changes (`serve_apps.adapter_registry`
+asks for it). Images are pulled into a node-local cache; for vLLM a strength below 1 is applied by
+writing a copy whose LoRA B matrices are scaled (the delta is B·A, so scaling B scales the delta
+exactly, and 0 gives the base model).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from serve_apps.config import AdapterConfig
@@ -35,14 +35,6 @@ class AdapterError(RuntimeError):
         self.name = name
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True)
-class AdapterState:
-    name: str
-    ready: bool
-    reason: str
-    message: str = ""
 
 
 def cache_dir(configured: str | None) -> Path:

@@ -19,22 +19,24 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from serve_apps.config import AdapterConfig
+from serve_apps.adapter_registry import AdapterCatalog
+from serve_apps.errors import Overloaded
 from serve_apps.llm_server import LLMServer
-from serve_apps.protocol import EngineFacts
-from serve_apps.routes import Answer, Backend, Kind, Overloaded, StreamHead, build_routes
+from serve_apps.protocol import AdapterState, Completion, EngineFacts, Kind, Stream, opened
+from serve_apps.routes import Backend, build_routes
 
 
 class _Admission:
     """Counts admitted generations; a stream holds its place until it ends or is dropped."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, refusal_status: int) -> None:
         self.capacity = capacity
+        self.refusal_status = refusal_status
         self.admitted = 0
 
     def enter(self) -> None:
         if self.admitted >= self.capacity:
-            raise Overloaded
+            raise Overloaded(http_status=self.refusal_status)
         self.admitted += 1
 
     def leave(self) -> None:
@@ -73,29 +75,30 @@ class _LocalBackend(Backend):
         self.server = server
         self.config = server.config
         limits = server.config.limits
-        self.admission = _Admission(limits.max_ongoing_requests + limits.max_queued_requests)
+        self.admission = _Admission(
+            limits.max_ongoing_requests + limits.max_queued_requests, limits.backpressure_status
+        )
 
-    @property
-    def adapters(self) -> Mapping[str, AdapterConfig]:  # type: ignore[override]
-        return self.server.adapter_configs
+    def catalog(self) -> AdapterCatalog:
+        return self.server.adapters.catalog
 
-    async def generate(self, kind: Kind, request: Any, adapter: str) -> Answer:
+    async def generate(self, kind: Kind, request: Any, adapter: str) -> Completion:
         self.admission.enter()
         try:
-            return await self.server.answer(kind, request, adapter)
+            return await self.server.generate(kind, request, adapter)
         finally:
             self.admission.leave()
 
-    async def stream(self, kind: Kind, request: Any, adapter: str) -> tuple[StreamHead, AsyncIterator[str]]:
+    async def stream(self, kind: Kind, request: Any, adapter: str) -> Stream:
         self.admission.enter()
         try:
-            head, rest = await self.server.open_stream(kind, request, adapter)
+            stream = await opened(self.server.stream(kind, request, adapter))
         except BaseException:
             self.admission.leave()
             raise
-        return head, _Held(rest, self.admission)
+        return Stream(stream.headers, _Held(stream.lines, self.admission))
 
-    async def adapter_states(self) -> dict[str, dict[str, Any]]:
+    async def adapter_states(self) -> Mapping[str, AdapterState]:
         return self.server.adapter_states()
 
     async def engine_facts(self) -> EngineFacts:

@@ -1,24 +1,25 @@
-"""The engine interface, at the level of OpenAI requests.
+"""The engine interface, at the level of OpenAI requests, and what the server answers with.
 
 Both engines take vLLM's own OpenAI protocol models and answer with them, so the ingress, the LLM
 deployment and the tests never care which engine runs. A non-streaming call returns the response
-model or an `ErrorResponse`; a streaming call returns an `ErrorResponse` (before any token) or an
-async iterator of ready-made SSE lines (`data: {...}\\n\\n`, ending with `data: [DONE]\\n\\n`).
+model; a streaming call returns an async iterator of ready-made SSE lines (`data: {...}\\n\\n`,
+ending with `data: [DONE]\\n\\n`). A request the engine refuses raises a `serve_apps.errors` error
+before any token (`EngineRefused` carries vLLM's own error body).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from http import HTTPStatus
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest, ChatCompletionResponse
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionResponse
-from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
-ChatResult = ChatCompletionResponse | ErrorResponse | AsyncIterator[str]
-CompletionResult = CompletionResponse | ErrorResponse | AsyncIterator[str]
+ChatResult = ChatCompletionResponse | AsyncIterator[str]
+CompletionResult = CompletionResponse | AsyncIterator[str]
+Kind = Literal["chat", "completions"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,60 @@ class EngineFacts:
 
     max_model_len: int | None
     dtype: str | None
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """Whether a configured adapter could be materialized; `reason` is the controller's condition reason."""
+
+    name: str
+    ready: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole (non-streaming) answer: the OpenAI response body and the replica's headers."""
+
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """What a streamed answer opens with: the replica's headers and the first SSE lines, so the
+    first token leaves with the headers (one item over a handle, not two)."""
+
+    headers: dict[str, str]
+    first: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A streamed answer the engine accepted: headers, then every SSE line."""
+
+    headers: dict[str, str]
+    lines: AsyncIterator[str]
+
+
+async def opened(items: AsyncIterator[StreamHead | str]) -> Stream:
+    """The `Stream` of a server's stream items: a `StreamHead`, then SSE lines.
+
+    The head is awaited here, so an error the engine raises before its first token is raised here,
+    before any HTTP status is sent.
+    """
+    head = await anext(items)
+    if not isinstance(head, StreamHead):
+        raise TypeError(f"a stream must open with its StreamHead, not {type(head).__name__}")
+    return Stream(head.headers, _chained(head.first, items))
+
+
+async def _chained(first: Iterable[str], rest: AsyncIterator[StreamHead | str]) -> AsyncIterator[str]:
+    for line in first:
+        yield line
+    async for item in rest:
+        yield cast(str, item)
 
 
 class LLMEngine(abc.ABC):
@@ -73,30 +128,3 @@ class LLMEngine(abc.ABC):
 
     @abc.abstractmethod
     def shutdown(self) -> None: ...
-
-
-class EngineError(RuntimeError):
-    """An engine-side failure that maps to an HTTP status."""
-
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def error_response(
-    message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST, param: str | None = None
-) -> ErrorResponse:
-    """An OpenAI-style error body, the same shape vLLM's own server answers with."""
-    return ErrorResponse(
-        error=ErrorInfo(message=message, type=_error_type(status), param=param, code=int(status))
-    )
-
-
-def _error_type(status: HTTPStatus) -> str:
-    return {
-        HTTPStatus.BAD_REQUEST: "BadRequestError",
-        HTTPStatus.NOT_FOUND: "NotFoundError",
-        HTTPStatus.UNPROCESSABLE_ENTITY: "UnprocessableEntityError",
-        HTTPStatus.TOO_MANY_REQUESTS: "RateLimitError",
-        HTTPStatus.SERVICE_UNAVAILABLE: "ServiceUnavailableError",
-    }.get(status, "InternalServerError")

@@ -3,7 +3,9 @@
 The routes validate bodies (a client mistake is a JSON 4xx here, never a 500 from an engine), pick
 the adapter from `model`, and hand the parsed request to a `Backend`: the engine in the same process
 (one replica, `serve_apps.direct`) or the LLM deployment behind a handle (`serve_apps.ingress`).
-Both topologies answer byte for byte the same.
+Both topologies answer byte for byte the same. Whatever refuses a request raises a
+`serve_apps.errors` error where it finds the problem; one exception handler here answers it in
+OpenAI's error shape with the error's `http_status`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import abc
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from http import HTTPStatus
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,37 +27,34 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.exceptions import VLLMClientError
 
-from serve_apps.config import AdapterConfig, AppConfig
+from serve_apps.adapter_registry import AdapterCatalog
+from serve_apps.config import AppConfig
+from serve_apps.errors import BadRequest, EngineRefused, Overloaded, ServingError
 from serve_apps.kaito_chat import KaitoChatRequest, to_openai
-from serve_apps.protocol import EngineFacts, error_response
-
-Kind = str  # "chat" | "completions"
-# (status, JSON body, headers) of a whole answer.
-Answer = tuple[int, dict[str, Any], dict[str, str]]
-# A streamed answer opens with (status, error body or None, headers, first SSE lines), then lines.
-StreamHead = tuple[int, dict[str, Any] | None, dict[str, str], list[str]]
-
-
-class Overloaded(Exception):
-    """Raised by a backend that refuses a request because it is full."""
+from serve_apps.protocol import AdapterState, Completion, EngineFacts, Kind, Stream
 
 
 class Backend(abc.ABC):
     """What the routes need from whatever runs the engine."""
 
     config: AppConfig
-    adapters: Mapping[str, AdapterConfig]
 
     @abc.abstractmethod
-    async def generate(self, kind: Kind, request: Any, adapter: str) -> Answer: ...
+    def catalog(self) -> AdapterCatalog:
+        """The adapters a request may name now."""
 
     @abc.abstractmethod
-    async def stream(self, kind: Kind, request: Any, adapter: str) -> tuple[StreamHead, AsyncIterator[str]]:
-        """The head (with the first lines, so the first token leaves with the headers) and the rest."""
+    async def generate(self, kind: Kind, request: Any, adapter: str) -> Completion: ...
 
     @abc.abstractmethod
-    async def adapter_states(self) -> dict[str, dict[str, Any]]: ...
+    async def stream(self, kind: Kind, request: Any, adapter: str) -> Stream:
+        """Returns once the engine accepted the request (its refusal raises here, before any status)."""
+
+    @abc.abstractmethod
+    async def adapter_states(self) -> Mapping[str, AdapterState]: ...
 
     @abc.abstractmethod
     async def engine_facts(self) -> EngineFacts: ...
@@ -67,14 +67,12 @@ class Backend(abc.ABC):
         """The engine's Prometheus text (vLLM's own metrics live in the engine's process)."""
 
 
-def _error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = error_response(message, HTTPStatus(status), param=param).model_dump()
-    return JSONResponse(body, status_code=status, headers=headers)
+def error_json(exc: ServingError) -> JSONResponse:
+    """The HTTP answer to a refusal: OpenAI's error shape, the error's status and headers."""
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers or None)
 
 
-def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+def _invalid(exc: ValidationError | RequestValidationError) -> BadRequest:
     errors = exc.errors()
     parts = []
     for err in errors[:5]:
@@ -82,7 +80,29 @@ def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     first = errors[0].get("loc", ()) if errors else ()
     param = ".".join(str(p) for p in first if p != "body") or None
-    return "; ".join(parts), param
+    return BadRequest("; ".join(parts), param=param)
+
+
+def _parse(model_cls: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model_cls.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    except VLLMClientError as exc:
+        # vLLM's request models raise their own errors from some validators (a missing prompt):
+        # answered as `vllm serve` answers them.
+        raise EngineRefused.of(create_error_response(exc)) from exc
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
 
 
 class _Metrics:
@@ -110,6 +130,18 @@ class _Metrics:
             "kairay_backpressure_rejections", "Requests refused under overload", registry=self.registry
         )
 
+    @contextmanager
+    def counting(self, route: str, model: str) -> Iterator[None]:
+        """Count the request the block forwards by the status it gets: 200, or its refusal's."""
+        try:
+            yield
+        except ServingError as exc:
+            if isinstance(exc, Overloaded):
+                self.rejected.inc()
+            self.requests.labels(route, model, str(exc.http_status)).inc()
+            raise
+        self.requests.labels(route, model, "200").inc()
+
 
 def build_routes(backend: Backend) -> FastAPI:
     """A FastAPI app answering the Workspace's HTTP contract through `backend`."""
@@ -117,125 +149,60 @@ def build_routes(backend: Backend) -> FastAPI:
     metrics = _Metrics()
     started = int(time.time())
 
+    @app.exception_handler(ServingError)
+    async def _on_refusal(_: Request, exc: ServingError) -> JSONResponse:
+        return error_json(exc)
+
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return _error(400, message, param)
+        return error_json(_invalid(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return error_json(ServingError(str(exc.detail), http_status=exc.status_code))
 
     def base() -> str:
         return backend.config.model.name
 
-    async def json_body(request: Request) -> dict[str, Any] | JSONResponse:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
-        return body
+    async def read(request: Request, model_cls: type[BaseModel]) -> tuple[Any, str]:
+        """The body parsed as `model_cls` and the adapter its `model` names."""
+        parsed = _parse(model_cls, await _json_body(request))
+        return parsed, backend.catalog().resolve(parsed.model)
 
-    def adapter_for(model: str | None) -> str | JSONResponse:
-        """'' for the base model, the adapter name, or a 404 naming the known models."""
-        if model is None or model == base():
-            return ""
-        if model in backend.adapters:
-            return model
-        known = ", ".join([base(), *sorted(backend.adapters)])
-        return _error(404, f"The model `{model}` does not exist. Known models: {known}.", "model")
-
-    def parse(model_cls: type[BaseModel], body: dict[str, Any]) -> Any:
-        try:
-            return model_cls.model_validate(body)
-        except ValidationError as exc:
-            message, param = _validation_message(exc)
-            return _error(400, message, param)
-
-    def overloaded(route: str, model: str) -> JSONResponse:
-        metrics.rejected.inc()
-        status = backend.config.limits.backpressure_status
-        metrics.requests.labels(route, model, str(status)).inc()
-        return _error(status, "the server is overloaded; retry later", headers={"Retry-After": "1"})
+    async def complete(route: str, kind: Kind, parsed: Any, adapter: str) -> Completion:
+        begun = time.monotonic()
+        with metrics.counting(route, adapter or base()):
+            completion = await backend.generate(kind, parsed, adapter)
+        metrics.latency.labels(route).observe(time.monotonic() - begun)
+        return completion
 
     async def forward(route: str, kind: Kind, parsed: Any, adapter: str) -> Response:
-        model = adapter or base()
+        if not getattr(parsed, "stream", False):
+            completion = await complete(route, kind, parsed, adapter)
+            return JSONResponse(completion.body, headers=completion.headers)
         begun = time.monotonic()
-        try:
-            if getattr(parsed, "stream", False):
-                return await forward_stream(route, kind, parsed, adapter, model, begun)
-            status, body, headers = await backend.generate(kind, parsed, adapter)
-        except Overloaded:
-            return overloaded(route, model)
-        metrics.requests.labels(route, model, str(status)).inc()
-        metrics.latency.labels(route).observe(time.monotonic() - begun)
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    async def forward_stream(
-        route: str, kind: Kind, parsed: Any, adapter: str, model: str, begun: float
-    ) -> Response:
-        (status, body, headers, first), rest = await backend.stream(kind, parsed, adapter)
-        metrics.requests.labels(route, model, str(status)).inc()
-        if body is not None:
-            return JSONResponse(body, status_code=status, headers=headers)
+        with metrics.counting(route, adapter or base()):
+            stream = await backend.stream(kind, parsed, adapter)
         metrics.ttft.labels(route).observe(time.monotonic() - begun)
-
-        async def lines() -> AsyncIterator[str]:
-            for line in first:
-                yield line
-            async for line in rest:
-                yield line
-
-        return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
-
-    async def read(request: Request, model_cls: type[BaseModel]) -> tuple[Any, str] | JSONResponse:
-        """The body parsed as `model_cls` and the adapter its `model` names, or the 4xx to answer."""
-        body = await json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        parsed = parse(model_cls, body)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        adapter = adapter_for(parsed.model)
-        if isinstance(adapter, JSONResponse):
-            return adapter
-        return parsed, adapter
-
-    async def openai(request: Request, model_cls: type[BaseModel], route: str, kind: Kind) -> Response:
-        read_in = await read(request, model_cls)
-        if isinstance(read_in, JSONResponse):
-            return read_in
-        parsed, adapter = read_in
-        return await forward(route, kind, parsed, adapter)
+        return StreamingResponse(stream.lines, media_type="text/event-stream", headers=stream.headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await openai(request, ChatCompletionRequest, "/v1/chat/completions", "chat")
+        parsed, adapter = await read(request, ChatCompletionRequest)
+        return await forward("/v1/chat/completions", "chat", parsed, adapter)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await openai(request, CompletionRequest, "/v1/completions", "completions")
+        parsed, adapter = await read(request, CompletionRequest)
+        return await forward("/v1/completions", "completions", parsed, adapter)
 
     @app.post("/chat")
     async def kaito_chat(request: Request) -> Response:
-        read_in = await read(request, KaitoChatRequest)
-        if isinstance(read_in, JSONResponse):
-            return read_in
-        kaito, adapter = read_in
-        parsed = parse(ChatCompletionRequest, to_openai(kaito, base()))
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        response = await forward("/chat", "chat", parsed, adapter)
-        if response.status_code != 200 or not isinstance(response, JSONResponse):
-            return response
-        answer = json.loads(bytes(response.body))
-        text = answer["choices"][0]["message"].get("content") or ""
-        return JSONResponse(
-            {"Result": text}, headers={k: v for k, v in response.headers.items() if k.startswith("x-")}
-        )
+        kaito, adapter = await read(request, KaitoChatRequest)
+        parsed = _parse(ChatCompletionRequest, to_openai(kaito, base()))
+        completion = await complete("/chat", "chat", parsed, adapter)
+        text = completion.body["choices"][0]["message"].get("content") or ""
+        return JSONResponse({"Result": text}, headers=completion.headers)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -254,8 +221,9 @@ def build_routes(backend: Backend) -> FastAPI:
                 }
             )
         ]
-        for name, adapter in sorted(backend.adapters.items()):
-            if states.get(name, {}).get("ready"):
+        for name, adapter in sorted(backend.catalog().adapters.items()):
+            state = states.get(name)
+            if state is not None and state.ready:
                 cards.append(
                     ModelCard(
                         id=name,
@@ -275,7 +243,8 @@ def build_routes(backend: Backend) -> FastAPI:
             facts = await backend.engine_facts()
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "message": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "model": base(), "dtype": facts.dtype, "adapters": states})
+        adapters = {name: asdict(state) for name, state in states.items()}
+        return JSONResponse({"status": "ok", "model": base(), "dtype": facts.dtype, "adapters": adapters})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -10,40 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from pydantic import BaseModel
-from vllm.entrypoints.generate.base.protocol import DeltaMessage
-from vllm.entrypoints.openai.chat_completion.protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatCompletionResponseChoice,
-    ChatCompletionResponseStreamChoice,
-    ChatCompletionStreamResponse,
-    ChatMessage,
-)
-from vllm.entrypoints.openai.completion.protocol import (
-    CompletionRequest,
-    CompletionResponse,
-    CompletionResponseChoice,
-    CompletionResponseStreamChoice,
-    CompletionStreamResponse,
-)
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-from serve_apps.protocol import (
-    ChatResult,
-    CompletionResult,
-    EngineError,
-    LLMEngine,
-    LoadedAdapter,
-    error_response,
-)
+from serve_apps.engines.openai_shapes import ChatShape, CompletionShape, Shape, sse, usage
+from serve_apps.errors import BadRequest, EngineError, error_response
+from serve_apps.protocol import ChatResult, CompletionResult, LLMEngine, LoadedAdapter
 
 _DTYPES = {
     "bfloat16": "bfloat16",
@@ -105,26 +82,12 @@ class TransformersEngine(LLMEngine):
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
         except Exception as exc:
-            return error_response(f"cannot apply the chat template: {exc}")
+            raise BadRequest(f"cannot apply the chat template: {exc}") from exc
         max_tokens = request.max_completion_tokens or request.max_tokens
         generation = self._plan(list(prompt_ids), max_tokens, request, n=request.n or 1)
-        if isinstance(generation, ErrorResponse):
-            return generation
-        model = request.model or self._served_name
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if request.stream:
-            return self._chat_stream(generation, adapter, model, request_id, request)
-        text, finish, produced = await self._generate(generation, adapter)
-        return ChatCompletionResponse(
-            id=request_id,
-            model=model,
-            choices=[
-                ChatCompletionResponseChoice(
-                    index=0, message=ChatMessage(role="assistant", content=text), finish_reason=finish
-                )
-            ],
-            usage=_usage(len(generation.prompt_ids), produced),
-        )
+        shape = ChatShape(model=request.model or self._served_name)
+        result: ChatResult = await self._answer(generation, adapter, request, shape)
+        return result
 
     async def completions(
         self, request: CompletionRequest, adapter: LoadedAdapter | None
@@ -137,23 +100,25 @@ class TransformersEngine(LLMEngine):
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             prompt_ids = list(prompt)
         else:
-            return error_response("this runtime takes one prompt per request", param="prompt")
+            raise BadRequest("this runtime takes one prompt per request", param="prompt")
         if request.echo or request.logprobs:
-            return error_response("echo and logprobs are not supported by the transformers runtime")
+            raise BadRequest("echo and logprobs are not supported by the transformers runtime")
         generation = self._plan(list(prompt_ids), request.max_tokens, request, n=request.n)
-        if isinstance(generation, ErrorResponse):
-            return generation
-        model = request.model or self._served_name
-        request_id = f"cmpl-{uuid.uuid4().hex}"
+        shape = CompletionShape(model=request.model or self._served_name)
+        result: CompletionResult = await self._answer(generation, adapter, request, shape)
+        return result
+
+    async def _answer(
+        self,
+        gen: _Generation,
+        adapter: LoadedAdapter | None,
+        request: ChatCompletionRequest | CompletionRequest,
+        shape: Shape,
+    ) -> Any:
         if request.stream:
-            return self._completion_stream(generation, adapter, model, request_id, request)
-        text, finish, produced = await self._generate(generation, adapter)
-        return CompletionResponse(
-            id=request_id,
-            model=model,
-            choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
-            usage=_usage(len(generation.prompt_ids), produced),
-        )
+            return self._sse_stream(gen, adapter, request, shape)
+        text, finish, produced = await self._generate(gen, adapter)
+        return shape.whole(text, finish, usage(len(gen.prompt_ids), produced))
 
     def _plan(
         self,
@@ -161,21 +126,21 @@ class TransformersEngine(LLMEngine):
         max_tokens: int | None,
         request: ChatCompletionRequest | CompletionRequest,
         n: int,
-    ) -> _Generation | ErrorResponse:
+    ) -> _Generation:
         limit = self.max_model_len or 2048
         if n != 1:
-            return error_response("the transformers runtime generates one choice (n=1)", param="n")
+            raise BadRequest("the transformers runtime generates one choice (n=1)", param="n")
         if getattr(request, "logprobs", None) and isinstance(request, ChatCompletionRequest):
-            return error_response("logprobs are not supported by the transformers runtime", param="logprobs")
+            raise BadRequest("logprobs are not supported by the transformers runtime", param="logprobs")
         if max_tokens is not None and max_tokens > limit:
-            return error_response(
+            raise BadRequest(
                 f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
                 "Please request fewer output tokens.",
                 param="max_tokens",
             )
         room = limit - len(prompt_ids)
         if room <= 0 or (max_tokens is not None and max_tokens > room):
-            return error_response(
+            raise BadRequest(
                 f"This model's maximum context length is {limit} tokens; the prompt has "
                 f"{len(prompt_ids)} tokens and {max_tokens or 0} were requested for the answer.",
                 param="max_tokens" if room > 0 else "input_tokens",
@@ -269,82 +234,27 @@ class TransformersEngine(LLMEngine):
             # Unblock the streamer's consumer: it waits for an end-of-stream signal.
             kwargs["streamer"].end()
 
-    async def _chat_stream(
-        self,
-        gen: _Generation,
-        adapter: LoadedAdapter | None,
-        model: str,
-        request_id: str,
-        request: ChatCompletionRequest,
-    ) -> AsyncIterator[str]:
-        created = int(time.time())
-
-        def chunk(delta: DeltaMessage, finish: str | None) -> ChatCompletionStreamResponse:
-            return ChatCompletionStreamResponse(
-                id=request_id,
-                created=created,
-                model=model,
-                choices=[ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)],
-            )
-
-        def event(piece: str, finish: str | None) -> BaseModel | None:
-            if piece:
-                return chunk(DeltaMessage(content=piece), None)
-            return chunk(DeltaMessage(), finish) if finish else None
-
-        def usage(info: UsageInfo) -> BaseModel:
-            return ChatCompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=[], usage=info
-            )
-
-        yield _sse(chunk(DeltaMessage(role="assistant", content=""), None))
-        async for line in self._sse_stream(gen, adapter, request, event, usage):
-            yield line
-
-    async def _completion_stream(
-        self,
-        gen: _Generation,
-        adapter: LoadedAdapter | None,
-        model: str,
-        request_id: str,
-        request: CompletionRequest,
-    ) -> AsyncIterator[str]:
-        created = int(time.time())
-
-        def event(piece: str, finish: str | None) -> BaseModel | None:
-            if not piece and not finish:
-                return None
-            choice = CompletionResponseStreamChoice(index=0, text=piece, finish_reason=finish)
-            return CompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
-
-        def usage(info: UsageInfo) -> BaseModel:
-            return CompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=[], usage=info
-            )
-
-        async for line in self._sse_stream(gen, adapter, request, event, usage):
-            yield line
-
     async def _sse_stream(
         self,
         gen: _Generation,
         adapter: LoadedAdapter | None,
         request: ChatCompletionRequest | CompletionRequest,
-        event: Callable[[str, str | None], BaseModel | None],
-        usage: Callable[[UsageInfo], BaseModel],
+        shape: Shape,
     ) -> AsyncIterator[str]:
-        """SSE lines for a generation; `event` shapes each piece, `usage` the optional final chunk."""
+        """SSE lines for a generation, shaped by `shape`; the usage chunk if the client asked."""
+        for body in shape.opening():
+            yield sse(body)
         produced = 0
         try:
             async for piece, finish, count in self._stream_tokens(gen, adapter):
                 produced = count or produced
-                body = event(piece, finish or None)
-                if body is not None:
-                    yield _sse(body)
+                event = shape.event(piece, finish or None)
+                if event is not None:
+                    yield sse(event)
         except EngineError as exc:
-            yield _sse(error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR))
+            yield sse(error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR))
         if request.stream_options and request.stream_options.include_usage:
-            yield _sse(usage(_usage(len(gen.prompt_ids), produced)))
+            yield sse(shape.usage(usage(len(gen.prompt_ids), produced)))
         yield "data: [DONE]\n\n"
 
     # ---- adapters -------------------------------------------------------------------------------
@@ -385,7 +295,7 @@ class TransformersEngine(LLMEngine):
 
     async def check_health(self) -> None:
         if self._model is None:
-            raise EngineError("model not loaded", HTTPStatus.SERVICE_UNAVAILABLE)
+            raise EngineError("model not loaded", http_status=HTTPStatus.SERVICE_UNAVAILABLE)
 
     def shutdown(self) -> None:
         self._model = None
@@ -404,15 +314,3 @@ def _plain_message(message: Any) -> dict[str, str]:
             texts.append(part["text"] if isinstance(part, dict) else part.text)
         content = "".join(texts)
     return {"role": str(role), "content": "" if content is None else str(content)}
-
-
-def _sse(body: BaseModel) -> str:
-    return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-    return UsageInfo(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -19,7 +18,8 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
-from serve_apps.protocol import ChatResult, CompletionResult, EngineError, LLMEngine, LoadedAdapter
+from serve_apps.errors import EngineError, EngineRefused
+from serve_apps.protocol import ChatResult, CompletionResult, LLMEngine, LoadedAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +85,29 @@ class VLLMEngine(LLMEngine):
 
     async def chat(self, request: ChatCompletionRequest, adapter: LoadedAdapter | None) -> ChatResult:
         request.model = adapter.name if adapter else self._served_name
-        try:
-            result = await self._state.openai_serving_chat.create_chat_completion(request, None)
-        except Exception as exc:
-            return create_error_response(exc)
+        result: ChatResult = await self._answer(
+            self._state.openai_serving_chat.create_chat_completion, request
+        )
         return result
 
     async def completions(
         self, request: CompletionRequest, adapter: LoadedAdapter | None
     ) -> CompletionResult:
         request.model = adapter.name if adapter else self._served_name
+        result: CompletionResult = await self._answer(
+            self._state.openai_serving_completion.create_completion, request
+        )
+        return result
+
+    @staticmethod
+    async def _answer(create: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        """vLLM's answer to `request`; its error body (a refusal, or an exception) as `EngineRefused`."""
         try:
-            result = await self._state.openai_serving_completion.create_completion(request, None)
+            result = await create(request, None)
         except Exception as exc:
-            return create_error_response(exc)
+            result = create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            raise EngineRefused.of(result)
         return result
 
     async def load_adapter(self, adapter: LoadedAdapter) -> None:
@@ -113,7 +122,7 @@ class VLLMEngine(LLMEngine):
             LoadLoRAAdapterRequest(lora_name=adapter.name, lora_path=adapter.path)
         )
         if isinstance(result, ErrorResponse):
-            raise EngineError(result.error.message, HTTPStatus(result.error.code))
+            raise EngineError(result.error.message, http_status=result.error.code)
 
     async def unload_adapter(self, name: str) -> None:
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
