@@ -68,20 +68,22 @@ class Kubectl:
             "HOME": str(cache_dir),
         }
 
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """kubectl with `args`, whatever its exit code."""
+    def run(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl with `args` (and `env` added to its environment), whatever its exit code."""
         return subprocess.run(
             [str(kubectl_binary()), "--cache-dir", str(self.cache_dir), *args],
             input=stdin,
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
             timeout=TIMEOUT,
         )
 
-    def __call__(self, *args: str, stdin: str | None = None) -> str:
+    def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
         """kubectl with `args`; its stdout, or a KubectlError naming the command and its output."""
-        done = self.run(*args, stdin=stdin)
+        done = self.run(*args, stdin=stdin, env=env)
         if done.returncode != 0:
             raise KubectlError(
                 f"kubectl {' '.join(args)} exited {done.returncode}\n--- stdout ---\n{done.stdout}"
