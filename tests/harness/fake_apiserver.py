@@ -5,10 +5,16 @@
         api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(server.client_configuration()))
 
 It serves discovery, CRUD, patches (merge, strategic, JSON, apply), list + watch with resume,
-bookmarks and 410 Gone, the status subresource, generation, finalizers, ownerReference garbage
-collection and namespace termination; CRD-backed objects are validated by
+bookmarks and 410 Gone, the status and scale subresources, generation, finalizers, ownerReference
+garbage collection and namespace termination; CRD-backed objects are validated by
 `controller.crds.schema.validate_object` (or any `validator`). Tests can inject errors and count
 requests. The server runs in a background thread with its own event loop; all state lives there.
+
+Where the real kubectl looks it answers as kube-apiserver does: OpenAPI v2 (JSON only) and v3
+built from the CRDs' schemas, Table responses from `additionalPrinterColumns`, every stored custom
+object in every served version of its CRD (`conversion: None`), 415 for strategic merge patches of
+custom resources, and `Warning` headers for unknown fields under `fieldValidation=Warn` (the
+default; Strict refuses them, Ignore drops them silently).
 
 There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name}[:port]/proxy/{path}`)
 forwards to whatever URL a test registers for the Service with `set_service_proxy`, and answers

@@ -140,6 +140,21 @@ def test_list_as_table_evaluates_the_printer_columns(gadgets: Http, fake_apiserv
     assert plain["kind"] == "GadgetList"
 
 
+def test_watch_as_table_sends_one_row_per_event_with_the_headers_once(gadgets: Http) -> None:
+    gadgets("POST", path("v1beta1"), gadget("a", "v1beta1", size="small"))
+    gadgets("POST", path("v1beta1"), gadget("b", "v1beta1", size="large"))
+    request = urllib.request.Request(
+        gadgets.url + path("v1alpha1") + "?watch=true&timeoutSeconds=1", headers={"Accept": TABLE}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        events = [json.loads(line) for line in answer.read().splitlines()]
+    assert [(e["type"], e["object"]["kind"]) for e in events] == [("ADDED", "Table")] * 2
+    first, second = (e["object"] for e in events)
+    assert [c["name"] for c in first["columnDefinitions"]][:2] == ["Name", "Size"]
+    assert second["columnDefinitions"] == []
+    assert [r["cells"][:2] for r in (*first["rows"], *second["rows"])] == [["a", "small"], ["b", "large"]]
+
+
 def test_kinds_without_printer_columns_show_name_and_age(fake_apiserver: FakeApiServer) -> None:
     http = Http(fake_apiserver)
     http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "c"}, "data": {}})

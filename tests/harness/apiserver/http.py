@@ -491,6 +491,23 @@ class ApiServerApp:
         bookmarks = _flag(query.get("allowWatchBookmarks"))
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         queue: asyncio.Queue[tuple[str, JsonObj] | None] = asyncio.Queue()
+        as_table = table_version(request.headers.get("Accept", ""))
+        headed = False
+
+        def shown(obj: JsonObj) -> JsonObj:
+            """The event's object: as the version shows it, or (`kubectl get -w`) a one-row Table,
+            its column definitions in the first event only, as the real server sends them."""
+            nonlocal headed
+            obj = _view(obj, rt)
+            if not as_table:
+                return obj
+            meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+            converted = self._table(rt, [obj], as_table, query, meta)
+            if headed:
+                converted["columnDefinitions"] = []
+            headed = True
+            return converted
+
         expired: ApiError | None = None
         watcher = None
         try:
@@ -545,7 +562,7 @@ class ApiServerApp:
                     assert item is not None
                     kind, obj = item
                     if kind != "BOOKMARK":
-                        chunk += self._event(kind, _view(obj, rt))
+                        chunk += self._event(kind, shown(obj))
                     elif bookmarks:
                         chunk += self._bookmark(rt, obj["metadata"])
                     if queue.empty():
