@@ -33,6 +33,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,16 @@ import yaml
 from aiohttp import web
 
 from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.http import WRITE_VERBS, ApiServerApp, FaultRule, RequestRecord
+from tests.harness.apiserver.http import (
+    ADMIN_TOKEN,
+    PROXY_VERBS,
+    WRITE_VERBS,
+    ApiServerApp,
+    FaultRule,
+    RequestRecord,
+)
 from tests.harness.apiserver.patches import JsonObj, deep_copy
+from tests.harness.apiserver.rbac import Attributes, service_account
 from tests.harness.apiserver.resources import ResourceRegistry, ResourceType
 from tests.harness.apiserver.selectors import make_filter
 from tests.harness.apiserver.store import CRDS, MERGE_PATCH, Defaulter, Store, Validator
@@ -205,9 +214,13 @@ class FakeApiServer:
         name = parts[1] if len(parts) == 3 else parts[0]
         port = parts[-1] if len(parts) > 1 else ""
         started = time.monotonic()
-        verb = request.method.lower()
+        verb = PROXY_VERBS.get(request.method, request.method.lower())
         self.app.metrics.counts[(verb, "services/proxy")] += 1
+        user = ""
         try:
+            who = self.app.authenticate(request)
+            user = who.user
+            self.app.authorizer.check(who, Attributes(verb, "", "services/proxy", namespace, name))
             response = await self._forward(request, namespace, name, port, path)
         except ApiError as exc:
             response = web.json_response(exc.status(), status=exc.code)
@@ -223,6 +236,7 @@ class FakeApiServer:
                 name=name,
                 code=response.status,
                 duration=time.monotonic() - started,
+                user=user,
             )
         )
         return response
@@ -268,31 +282,41 @@ class FakeApiServer:
 
     # --- client configuration --------------------------------------------------------------------
 
-    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
-        # A token, though nothing checks it, so that clients which insist on credentials are happy.
+    def kubeconfig(self, namespace: str = "default", token: str = ADMIN_TOKEN) -> dict[str, Any]:
+        """A kubeconfig for the admin (system:masters), or for whoever `token` authenticates."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "users": [{"name": "fake", "user": {"token": token}}],
             "contexts": [
                 {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}
             ],
             "current-context": "fake",
         }
 
-    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+    def write_kubeconfig(
+        self, path: str | Path, namespace: str = "default", token: str = ADMIN_TOKEN
+    ) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(namespace)))
+        path.write_text(yaml.safe_dump(self.kubeconfig(namespace, token)))
         return path
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for ServiceAccount `namespace/name` (what the kubelet mounts into its pods):
+        its requests are allowed what RBAC bindings grant the account, and nothing else."""
+        token = f"sa-{namespace}-{name}-{uuid.uuid4().hex}"
+        identity = service_account(namespace, name)
+        self._call(lambda: self.app.tokens.__setitem__(token, identity))
+        return token
 
     def client_configuration(self) -> kubernetes.client.Configuration:
         import kubernetes.client
 
         configuration = kubernetes.client.Configuration()
         configuration.host = self.url
-        configuration.api_key = {"authorization": "fake-token"}
+        configuration.api_key = {"authorization": ADMIN_TOKEN}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         return configuration
 

@@ -22,6 +22,7 @@ import urllib3
 import yaml
 from kubernetes import client, config, watch
 
+from tests.harness.apiserver.http import ADMIN_TOKEN
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fixtures import fake_apiserver, k8s_api_client
 
@@ -146,7 +147,8 @@ class EventCollector:
 
 
 def raw_watch_lines(url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return [json.loads(line) for line in response.read().splitlines() if line.strip()]
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from tests.harness.apiserver.tables import human_duration, json_path
 from tests.harness.fake_apiserver import FakeApiServer
+from tests.harness.raw_http import Http
 
 GROUP, PLURAL = "test.kairay.io", "gadgets"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
@@ -64,35 +65,6 @@ spec:
       openAPIV3Schema: *schema
 """
 )
-
-
-class Http:
-    """Raw requests to the fake: status, headers and JSON body, errors included."""
-
-    def __init__(self, server: FakeApiServer) -> None:
-        self.url = server.url
-
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        accept: str = "application/json",
-    ) -> tuple[int, Any, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"Accept": accept, "Content-Type": content_type},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, answer.headers, json.loads(answer.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.headers, json.loads(exc.read() or b"null")
 
 
 @pytest.fixture
@@ -144,7 +116,7 @@ def test_watch_as_table_sends_one_row_per_event_with_the_headers_once(gadgets: H
     gadgets("POST", path("v1beta1"), gadget("a", "v1beta1", size="small"))
     gadgets("POST", path("v1beta1"), gadget("b", "v1beta1", size="large"))
     request = urllib.request.Request(
-        gadgets.url + path("v1alpha1") + "?watch=true&timeoutSeconds=1", headers={"Accept": TABLE}
+        gadgets.url + path("v1alpha1") + "?watch=true&timeoutSeconds=1", headers=gadgets.headers(TABLE)
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         events = [json.loads(line) for line in answer.read().splitlines()]

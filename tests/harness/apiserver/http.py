@@ -19,6 +19,7 @@ from tests.harness.apiserver import errors
 from tests.harness.apiserver.errors import ApiError
 from tests.harness.apiserver.openapi import v2_document, v3_discovery, v3_document
 from tests.harness.apiserver.patches import JsonObj, json_patch, merge_patch
+from tests.harness.apiserver.rbac import ADMIN, Attributes, Authorizer, Identity
 from tests.harness.apiserver.resources import SERVER_VERSION, ResourceRegistry, ResourceType
 from tests.harness.apiserver.selectors import make_filter
 from tests.harness.apiserver.store import (
@@ -36,6 +37,11 @@ from tests.harness.apiserver.tables import table, table_version
 log = logging.getLogger(__name__)
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+ADMIN_TOKEN = "fake-token"
+# Answered without credentials, as the real server's system:public-info-viewer role allows.
+_PUBLIC = frozenset({("healthz",), ("livez",), ("readyz",), ("version",)})
+# RBAC's verb for a request to a subresource that is not a CRUD endpoint (the service proxy).
+PROXY_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _STOP = None  # queued to a watch stream to end it (server shutdown)
 
 
@@ -51,6 +57,8 @@ class RequestRecord:
     name: str | None
     code: int
     duration: float
+    group: str = ""  # the API group of a resource request
+    user: str = ""  # who made it ("" when unauthenticated)
 
 
 @dataclass
@@ -135,12 +143,23 @@ class ApiServerApp:
         self.faults: list[FaultRule] = []
         self.metrics = Metrics()
         self.server_address = "127.0.0.1:0"
+        # Bearer token -> who it authenticates; the admin's is in every kubeconfig by default.
+        self.tokens: dict[str, Identity] = {ADMIN_TOKEN: ADMIN}
+        self.authorizer = Authorizer(store)
         self._streams: set[asyncio.Queue[tuple[str, JsonObj] | None]] = set()
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+    def authenticate(self, request: web.Request) -> Identity:
+        """The caller by its bearer token; 401 without a known one (anonymous access is off)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        who = self.tokens.get(token) if scheme.lower() == "bearer" else None
+        if who is None:
+            raise ApiError(401, "Unauthorized")
+        return who
 
     def close_streams(self) -> None:
         for queue in self._streams:
@@ -162,13 +181,20 @@ class ApiServerApp:
         # Counted on arrival: a watch reaches the log only when it ends, but it counts at once.
         self.metrics.counts[(verb, resource)] += 1
         code = 500
+        user = ""
         try:
+            if tuple(parts) not in _PUBLIC:
+                user = self.authenticate(request).user
             if routing_error is not None:
                 raise routing_error
             response: web.StreamResponse
             if route is None:
                 response = self._non_resource(request, parts)
             else:
+                self.authorizer.check(
+                    self.authenticate(request),
+                    Attributes(route.verb, route.rt.group, resource, route.namespace, route.name),
+                )
                 self._inject_fault(route)
                 self.store.warnings = []
                 response = await self._serve(request, route)
@@ -198,6 +224,8 @@ class ApiServerApp:
                     name=route.name if route else None,
                     code=code,
                     duration=time.monotonic() - started,
+                    group=route.rt.group if route else "",
+                    user=user,
                 )
             )
 

@@ -178,6 +178,10 @@ class Store:
     def find(self, key: StorageKey, namespace: str | None, name: str) -> JsonObj | None:
         return self._objects[key].get((namespace or "", name))
 
+    def stored(self, key: StorageKey, namespace: str | None) -> list[JsonObj]:
+        """Every object of a storage key, in `namespace` when one is given."""
+        return [o for (ns, _), o in self._objects[key].items() if namespace in (None, ns)]
+
     def select(
         self,
         rt: ResourceType,
