@@ -16,6 +16,10 @@ object in every served version of its CRD (`conversion: None`), 415 for strategi
 custom resources, and `Warning` headers for unknown fields under `fieldValidation=Warn` (the
 default; Strict refuses them, Ignore drops them silently).
 
+Requests are authorized by RBAC over the stored Roles, ClusterRoles and bindings: the kubeconfig's
+default token is the admin's (system:masters), `service_account_token` issues one for a
+ServiceAccount, which then gets a 403 for whatever its bindings do not grant.
+
 There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name}[:port]/proxy/{path}`)
 forwards to whatever URL a test registers for the Service with `set_service_proxy`, and answers
 503 "no endpoints available" like the real one for a Service with nothing behind it.

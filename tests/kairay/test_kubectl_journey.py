@@ -22,7 +22,14 @@ import pytest
 import yaml
 
 from presets.skus import get_sku
-from tests.controller.cluster import Cluster, Controller, gpu_labels, install_crds, is_ready
+from tests.controller.cluster import (
+    Cluster,
+    Controller,
+    gpu_labels,
+    install_crds,
+    is_ready,
+    service_account_kubeconfig,
+)
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_kuberay import FakeKubeRay
 from tests.harness.kubectl import PINNED_VERSION, Kubectl, client_version, kubectl_binary
@@ -44,13 +51,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with FakeKubeRay(api, job_run_seconds=0.3, watch_timeout_seconds=1) as kuberay:
             cluster = Cluster(server, api, kuberay)
             controller = cluster.controller = Controller(
-                server.write_kubeconfig(root / "controller-kubeconfig"), root / "controller.log"
+                service_account_kubeconfig(server, root / "controller-kubeconfig"), root / "controller.log"
             ).start()
             try:
                 yield cluster
             finally:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
+            assert cluster.denied() == []
             assert kuberay.errors == []
 
 

@@ -2,7 +2,8 @@
 
 Every resource request is checked against the stored Roles, ClusterRoles and their bindings; the
 test's admin token belongs to `system:masters` (allowed everything, like a cluster admin's
-kubeconfig); a ServiceAccount's token is allowed what its bindings grant, and nothing else.
+kubeconfig), and so does a request without a token (see `ApiServerApp.authenticate`); a
+ServiceAccount's token is allowed what its bindings grant, and nothing else.
 """
 
 from __future__ import annotations
