@@ -83,7 +83,8 @@ def cluster_role() -> dict[str, Any]:
             rule(["kaito.sh"], ["workspaces/status"], ["get", "patch"]),
             rule(["kaito.sh"], ["workspaces/finalizers"], ["update"]),
             rule(["ray.io"], ["rayservices", "rayjobs"], [*READ, "create", "patch", "delete"]),
-            rule([""], ["services"], ["get", "create", "patch", "delete"]),
+            # list + watch: the controller watches the Services it owns (kopf.on.event).
+            rule([""], ["services"], [*READ, "create", "patch", "delete"]),
             # The Workspace's own /health (adapter states), read through the API server's service proxy.
             rule([""], ["services/proxy"], ["get"]),
             rule([""], ["configmaps"], ["get"]),

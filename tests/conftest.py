@@ -22,7 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.harness.kairay_up import KairayUp, kairay_up, make_lora_adapter, workspace  # noqa: E402
 
-pytest_plugins = ["tests.harness.fixtures", "tests.harness.fixtures_registry"]
+pytest_plugins = [
+    "tests.harness.fixtures",
+    "tests.harness.fixtures_kubectl",
+    "tests.harness.fixtures_registry",
+]
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from kubernetes import client
 
 from controller.api.workspace import parse_workspace
 from controller.crds import load_crd
+from controller.manifests import manifests
 from controller.settings import Settings
 from controller.workloads import render_objects
 from presets.sizing import InferencePlan
@@ -41,6 +42,25 @@ def install_crds(server: FakeApiServer) -> None:
     server.register_crd(load_crd())
     for crd in kuberay_crds():
         server.register_crd(crd)
+
+
+# What the controller runs as: the ServiceAccount, and RBAC, of `kairay manifests`.
+RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+
+
+def service_account_kubeconfig(server: FakeApiServer, path: Path) -> Path:
+    """Install the Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding `kairay manifests`
+    ships, and write a kubeconfig with that ServiceAccount's token: a controller using it gets a
+    403 for anything its ClusterRole does not grant, as on a real cluster."""
+    account: dict[str, Any] = {}
+    for doc in manifests():
+        if doc["kind"] in RBAC_KINDS and server.get(doc["kind"], None, doc["metadata"]["name"]) is None:
+            server.create(doc)
+        if doc["kind"] == "ServiceAccount":
+            account = doc["metadata"]
+    return server.write_kubeconfig(
+        path, token=server.service_account_token(account["namespace"], account["name"])
+    )
 
 
 def gpu_labels(sku: GpuSku) -> dict[str, str]:
@@ -181,6 +201,15 @@ class Cluster:
 
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return [e for e in self.server.list("events", namespace) if e["involvedObject"]["name"] == name]
+
+    def denied(self) -> list[str]:
+        """Requests of a ServiceAccount (the controller's) that RBAC refused: each a rule the
+        controller's ClusterRole lacks."""
+        return [
+            f"{r.verb} {r.resource} (group {r.group!r}) as {r.user}"
+            for r in self.server.request_log
+            if r.code == 403 and r.user.startswith("system:serviceaccount:")
+        ]
 
     # expectations
 

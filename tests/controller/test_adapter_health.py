@@ -26,7 +26,15 @@ from controller.conditions import Observation, Problem, adapter_problem, workspa
 from controller.manifests import manifests
 from controller.nodes.base import NodeReport
 from kuberay.status import ServiceHealth
-from tests.controller.cluster import Cluster, Controller, condition_is, conditions, install_crds, state
+from tests.controller.cluster import (
+    Cluster,
+    Controller,
+    condition_is,
+    conditions,
+    install_crds,
+    service_account_kubeconfig,
+    state,
+)
 from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_kuberay import FakeKubeRay
 from tests.harness.kairay_up import free_port
@@ -170,7 +178,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             cluster = Cluster(server, api, kuberay)
             liveness = f"http://127.0.0.1:{free_port()}/healthz"
             controller = cluster.controller = Controller(
-                server.write_kubeconfig(tmp_path / "kubeconfig"),
+                service_account_kubeconfig(server, tmp_path / "kubeconfig"),
                 tmp_path / "controller.log",
                 "--liveness",
                 liveness,
@@ -183,6 +191,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             finally:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
+            assert cluster.denied() == []
             assert kuberay.errors == []
 
 

@@ -35,6 +35,7 @@ from tests.controller.cluster import (
     conditions,
     install_crds,
     printer_columns,
+    service_account_kubeconfig,
     state,
     tuning_workspace,
 )
@@ -59,7 +60,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             cluster = Cluster(server, api, kuberay)
             liveness = f"http://127.0.0.1:{free_port()}/healthz"
             controller = cluster.controller = Controller(
-                server.write_kubeconfig(root / "kubeconfig"), root / "controller.log", "--liveness", liveness
+                service_account_kubeconfig(server, root / "kubeconfig"),
+                root / "controller.log",
+                "--liveness",
+                liveness,
             ).start()
             cluster.liveness = liveness
             try:
@@ -68,6 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
             assert kuberay.violations == []
+            assert cluster.denied() == []
             assert kuberay.errors == []
 
 
@@ -448,7 +453,7 @@ def test_killed_mid_reconcile_the_restarted_controller_converges(tmp_path: Path)
             "services", code=503, count=10_000, verbs=["create"], namespace="restart"
         )
         controller = cluster.controller = Controller(
-            server.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path / "controller.log"
+            service_account_kubeconfig(server, tmp_path / "kubeconfig"), tmp_path / "controller.log"
         ).start()
         try:
             cluster.create_workspace(inference_workspace("restart", "ws", "restart"))
@@ -471,6 +476,28 @@ def test_killed_mid_reconcile_the_restarted_controller_converges(tmp_path: Path)
         assert len(kuberay.clusters_created("ws", "restart")) == 1
         assert len(server.list("rayclusters", "restart")) == 1
         assert kuberay.violations == []
+        assert cluster.denied() == []
+
+
+def test_a_rule_missing_from_the_cluster_role_is_a_403_the_controller_tests_catch(tmp_path: Path) -> None:
+    """The controller runs as the ServiceAccount of `kairay manifests` in every controller test,
+    and each cluster fixture asserts `denied() == []`: here the proof that a missing rule shows."""
+    with FakeApiServer() as server, server.api_client() as api:
+        install_crds(server)
+        cluster = Cluster(server, api, FakeKubeRay(api))
+        kubeconfig = service_account_kubeconfig(server, tmp_path / "kubeconfig")
+        role = server.get("clusterroles", None, "kairay-controller")
+        assert role is not None
+        rules = [r for r in role["rules"] if r["resources"] != ["services"]]
+        server.patch("clusterroles", None, "kairay-controller", {"rules": rules})
+        controller = cluster.controller = Controller(kubeconfig, tmp_path / "controller.log").start()
+        try:
+            cluster.wait("the controller's Service watch to be refused", lambda: bool(cluster.denied()))
+        finally:
+            controller.stop()
+        assert "list services (group '') as system:serviceaccount:kairay-system:kairay-controller" in (
+            cluster.denied()
+        )
 
 
 def test_controller_refuses_aks_without_a_cluster(

@@ -37,6 +37,7 @@ from tests.controller.cluster import (
     gpu_labels,
     install_crds,
     is_ready,
+    service_account_kubeconfig,
     sized_workspace,
     state,
 )
@@ -125,7 +126,7 @@ def aks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aks]:
             arm.on_pool_succeeded = pools.succeeded
             arm.on_pool_deleted = pools.deleted
             controller = cluster.controller = Controller(
-                server.write_kubeconfig(root / "kubeconfig"),
+                service_account_kubeconfig(server, root / "kubeconfig"),
                 root / "controller.log",
                 *("--node-provisioner", "aks"),
                 *("--subscription-id", SUB, "--resource-group", RG, "--cluster-name", CLUSTER),
@@ -140,6 +141,7 @@ def aks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aks]:
             finally:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
+            assert cluster.denied() == []
             assert kuberay.violations == []
             assert kuberay.errors == []
     # Every request reached ARM with the token the controller was given.

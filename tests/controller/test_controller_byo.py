@@ -25,6 +25,7 @@ from tests.controller.cluster import (
     gpu_labels,
     install_crds,
     is_ready,
+    service_account_kubeconfig,
     sized_workspace,
     state,
 )
@@ -48,13 +49,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with FakeKubeRay(api, watch_timeout_seconds=WATCH_SECONDS) as kuberay:
             cluster = Cluster(server, api, kuberay)
             controller = cluster.controller = Controller(
-                server.write_kubeconfig(root / "kubeconfig"), root / "controller.log"
+                service_account_kubeconfig(server, root / "kubeconfig"), root / "controller.log"
             ).start()
             try:
                 yield cluster
             finally:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
+            assert cluster.denied() == []
             assert kuberay.violations == []
             assert kuberay.errors == []
 

@@ -5,10 +5,20 @@
         api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(server.client_configuration()))
 
 It serves discovery, CRUD, patches (merge, strategic, JSON, apply), list + watch with resume,
-bookmarks and 410 Gone, the status subresource, generation, finalizers, ownerReference garbage
-collection and namespace termination; CRD-backed objects are validated by
+bookmarks and 410 Gone, the status and scale subresources, generation, finalizers, ownerReference
+garbage collection and namespace termination; CRD-backed objects are validated by
 `controller.crds.schema.validate_object` (or any `validator`). Tests can inject errors and count
 requests. The server runs in a background thread with its own event loop; all state lives there.
+
+Where the real kubectl looks it answers as kube-apiserver does: OpenAPI v2 (JSON only) and v3
+built from the CRDs' schemas, Table responses from `additionalPrinterColumns`, every stored custom
+object in every served version of its CRD (`conversion: None`), 415 for strategic merge patches of
+custom resources, and `Warning` headers for unknown fields under `fieldValidation=Warn` (the
+default; Strict refuses them, Ignore drops them silently).
+
+Requests are authorized by RBAC over the stored Roles, ClusterRoles and bindings: the kubeconfig's
+default token is the admin's (system:masters), `service_account_token` issues one for a
+ServiceAccount, which then gets a 403 for whatever its bindings do not grant.
 
 There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name}[:port]/proxy/{path}`)
 forwards to whatever URL a test registers for the Service with `set_service_proxy`, and answers
@@ -27,6 +37,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,8 +49,16 @@ import yaml
 from aiohttp import web
 
 from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.http import WRITE_VERBS, ApiServerApp, FaultRule, RequestRecord
+from tests.harness.apiserver.http import (
+    ADMIN_TOKEN,
+    PROXY_VERBS,
+    WRITE_VERBS,
+    ApiServerApp,
+    FaultRule,
+    RequestRecord,
+)
 from tests.harness.apiserver.patches import JsonObj, deep_copy
+from tests.harness.apiserver.rbac import Attributes, service_account
 from tests.harness.apiserver.resources import ResourceRegistry, ResourceType
 from tests.harness.apiserver.selectors import make_filter
 from tests.harness.apiserver.store import CRDS, MERGE_PATCH, Defaulter, Store, Validator
@@ -199,9 +218,13 @@ class FakeApiServer:
         name = parts[1] if len(parts) == 3 else parts[0]
         port = parts[-1] if len(parts) > 1 else ""
         started = time.monotonic()
-        verb = request.method.lower()
+        verb = PROXY_VERBS.get(request.method, request.method.lower())
         self.app.metrics.counts[(verb, "services/proxy")] += 1
+        user = ""
         try:
+            who = self.app.authenticate(request)
+            user = who.user
+            self.app.authorizer.check(who, Attributes(verb, "", "services/proxy", namespace, name))
             response = await self._forward(request, namespace, name, port, path)
         except ApiError as exc:
             response = web.json_response(exc.status(), status=exc.code)
@@ -217,6 +240,7 @@ class FakeApiServer:
                 name=name,
                 code=response.status,
                 duration=time.monotonic() - started,
+                user=user,
             )
         )
         return response
@@ -262,31 +286,41 @@ class FakeApiServer:
 
     # --- client configuration --------------------------------------------------------------------
 
-    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
-        # A token, though nothing checks it, so that clients which insist on credentials are happy.
+    def kubeconfig(self, namespace: str = "default", token: str = ADMIN_TOKEN) -> dict[str, Any]:
+        """A kubeconfig for the admin (system:masters), or for whoever `token` authenticates."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "users": [{"name": "fake", "user": {"token": token}}],
             "contexts": [
                 {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}
             ],
             "current-context": "fake",
         }
 
-    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+    def write_kubeconfig(
+        self, path: str | Path, namespace: str = "default", token: str = ADMIN_TOKEN
+    ) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(namespace)))
+        path.write_text(yaml.safe_dump(self.kubeconfig(namespace, token)))
         return path
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for ServiceAccount `namespace/name` (what the kubelet mounts into its pods):
+        its requests are allowed what RBAC bindings grant the account, and nothing else."""
+        token = f"sa-{namespace}-{name}-{uuid.uuid4().hex}"
+        identity = service_account(namespace, name)
+        self._call(lambda: self.app.tokens.__setitem__(token, identity))
+        return token
 
     def client_configuration(self) -> kubernetes.client.Configuration:
         import kubernetes.client
 
         configuration = kubernetes.client.Configuration()
         configuration.host = self.url
-        configuration.api_key = {"authorization": "fake-token"}
+        configuration.api_key = {"authorization": ADMIN_TOKEN}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         return configuration
 

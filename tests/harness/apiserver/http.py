@@ -17,14 +17,29 @@ from aiohttp import web
 
 from tests.harness.apiserver import errors
 from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.patches import JsonObj
+from tests.harness.apiserver.openapi import v2_document, v3_discovery, v3_document
+from tests.harness.apiserver.patches import JsonObj, json_patch, merge_patch
+from tests.harness.apiserver.rbac import ADMIN, Attributes, Authorizer, Identity
 from tests.harness.apiserver.resources import SERVER_VERSION, ResourceRegistry, ResourceType
 from tests.harness.apiserver.selectors import make_filter
-from tests.harness.apiserver.store import APPLY_PATCH, PATCH_TYPES, Store
+from tests.harness.apiserver.store import (
+    APPLY_PATCH,
+    CRDS,
+    FIELD_VALIDATIONS,
+    JSON_PATCH,
+    MERGE_PATCH,
+    PATCH_TYPES,
+    WARN,
+    Store,
+)
+from tests.harness.apiserver.tables import table, table_version
 
 log = logging.getLogger(__name__)
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+ADMIN_TOKEN = "fake-token"
+# RBAC's verb for a request to a subresource that is not a CRUD endpoint (the service proxy).
+PROXY_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _STOP = None  # queued to a watch stream to end it (server shutdown)
 
 
@@ -40,6 +55,8 @@ class RequestRecord:
     name: str | None
     code: int
     duration: float
+    group: str = ""  # the API group of a resource request
+    user: str = ""  # who made it ("" when unauthenticated)
 
 
 @dataclass
@@ -106,6 +123,12 @@ def _view(obj: JsonObj, rt: ResourceType) -> JsonObj:
     return obj if obj.get("apiVersion") == rt.api_version else {**obj, "apiVersion": rt.api_version}
 
 
+def _warning(message: str) -> str:
+    """A `Warning` header value (RFC 7234 form, as the real server sends them)."""
+    escaped = message.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 - "{escaped}"'
+
+
 def _flag(value: str | None) -> bool:
     return value in ("true", "1", "True")
 
@@ -118,12 +141,28 @@ class ApiServerApp:
         self.faults: list[FaultRule] = []
         self.metrics = Metrics()
         self.server_address = "127.0.0.1:0"
+        # Bearer token -> who it authenticates; the admin's is in every kubeconfig by default.
+        self.tokens: dict[str, Identity] = {ADMIN_TOKEN: ADMIN}
+        self.authorizer = Authorizer(store)
         self._streams: set[asyncio.Queue[tuple[str, JsonObj] | None]] = set()
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+    def authenticate(self, request: web.Request) -> Identity:
+        """The caller by its bearer token; 401 for a token nobody issued. A request without one is
+        the admin's: this server speaks plain HTTP, over which kubectl sends no bearer token (a
+        real cluster's TLS is what it waits for), and kubectl must still reach it."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return ADMIN
+        scheme, _, token = header.partition(" ")
+        who = self.tokens.get(token) if scheme.lower() == "bearer" else None
+        if who is None:
+            raise ApiError(401, "Unauthorized")
+        return who
 
     def close_streams(self) -> None:
         for queue in self._streams:
@@ -145,15 +184,24 @@ class ApiServerApp:
         # Counted on arrival: a watch reaches the log only when it ends, but it counts at once.
         self.metrics.counts[(verb, resource)] += 1
         code = 500
+        user = ""
         try:
+            user = self.authenticate(request).user
             if routing_error is not None:
                 raise routing_error
             response: web.StreamResponse
             if route is None:
-                response = self._non_resource(parts)
+                response = self._non_resource(request, parts)
             else:
+                self.authorizer.check(
+                    self.authenticate(request),
+                    Attributes(route.verb, route.rt.group, resource, route.namespace, route.name),
+                )
                 self._inject_fault(route)
+                self.store.warnings = []
                 response = await self._serve(request, route)
+                for message in dict.fromkeys(self.store.warnings):
+                    response.headers.add("Warning", _warning(message))
             code = response.status
             return response
         except ApiError as exc:
@@ -178,6 +226,8 @@ class ApiServerApp:
                     name=route.name if route else None,
                     code=code,
                     duration=time.monotonic() - started,
+                    group=route.rt.group if route else "",
+                    user=user,
                 )
             )
 
@@ -188,7 +238,36 @@ class ApiServerApp:
                 rule.hits += 1
                 raise rule.error(route.rt, route.name)
 
-    def _non_resource(self, parts: list[str]) -> web.Response:
+    def _crd_version(self, rt: ResourceType) -> JsonObj | None:
+        """The CRD's entry for `rt`'s version (schema, printer columns, subresources)."""
+        crd = self.store.find(CRDS, None, rt.crd_name) if rt.crd_name else None
+        if crd is None:
+            return None
+        versions = (crd.get("spec") or {}).get("versions") or ()
+        return next((v for v in versions if v.get("name") == rt.version), None)
+
+    def _openapi(self, request: web.Request, parts: list[str]) -> web.Response:
+        if parts == ["openapi", "v2"]:
+            # Real servers also speak protobuf here; this one only JSON, so say so (406) to a client
+            # that accepts nothing else, rather than send what it can't read.
+            accept = request.headers.get("Accept", "*/*")
+            if not any(m.split(";")[0].strip() in ("application/json", "*/*") for m in accept.split(",")):
+                raise ApiError(406, "only application/json is served for /openapi/v2")
+            return _json(v2_document(self.registry, self._crd_version))
+        if parts == ["openapi", "v3"]:
+            return _json(v3_discovery(self.registry, self._crd_version))
+        rest = parts[2:]
+        group, version = (rest[1], rest[2]) if rest[:1] == ["apis"] and len(rest) == 3 else ("", "")
+        if rest[:1] == ["api"] and len(rest) == 2:
+            version = rest[1]
+        doc = v3_document(self.registry, self._crd_version, group, version) if version else None
+        if doc is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        return _json(doc)
+
+    def _non_resource(self, request: web.Request, parts: list[str]) -> web.Response:
+        if parts[:1] == ["openapi"]:
+            return self._openapi(request, parts)
         if parts == ["version"]:
             return _json(SERVER_VERSION)
         if len(parts) == 1 and parts[0] in ("healthz", "readyz", "livez"):
@@ -231,7 +310,9 @@ class ApiServerApp:
         if (
             rt is None
             or (namespace is not None and not rt.namespaced)
-            or (subresource is not None and (subresource != "status" or not rt.status_subresource))
+            or (subresource == "status" and not rt.status_subresource)
+            or (subresource == "scale" and not rt.scale)
+            or subresource not in (None, "status", "scale")
             or (rt.namespaced and name is not None and namespace is None)
         ):
             raise ApiError(404, "the server could not find the requested resource")
@@ -264,19 +345,36 @@ class ApiServerApp:
         query = request.query
         rt, ns, name = route.rt, route.namespace, route.name
         dry_run = "dryRun" in query
-        strict = query.get("fieldValidation") == "Strict"
+        field_validation = query.get("fieldValidation") or WARN
+        if field_validation not in FIELD_VALIDATIONS:
+            raise errors.bad_request(
+                f'fieldValidation: Unsupported value: "{field_validation}": supported values: '
+                + ", ".join(f'"{v}"' for v in FIELD_VALIDATIONS)
+            )
         store = self.store
+        as_table = table_version(request.headers.get("Accept", ""))
         if route.verb == "watch":
             return await self._watch(request, route)
+        if route.subresource == "scale":
+            return await self._scale(request, route, dry_run)
         if route.verb == "get":
             assert name is not None
-            return _json(_view(store.get(rt, ns, name), rt))
+            obj = _view(store.get(rt, ns, name), rt)
+            if as_table:
+                return _json(self._table(rt, [obj], as_table, query, store.get(rt, ns, name)["metadata"]))
+            return _json(obj)
         if route.verb == "list":
             predicate = make_filter(query.get("labelSelector"), query.get("fieldSelector"), _fields(rt))
             limit = int(query["limit"]) if query.get("limit", "").isdigit() else None
             items, rv, token, remaining = store.select(
                 rt, ns, predicate, limit=limit, continue_token=query.get("continue")
             )
+            if as_table:
+                return _json(
+                    self._table(
+                        rt, [_view(o, rt) for o in items], as_table, query, {"resourceVersion": rv}, token
+                    )
+                )
             meta: JsonObj = {"resourceVersion": rv}
             if token:
                 meta["continue"] = token
@@ -290,7 +388,9 @@ class ApiServerApp:
                 }
             )
         if route.verb == "create":
-            obj = store.create(rt, ns, await self._body(request), dry_run=dry_run, strict=strict)
+            obj = store.create(
+                rt, ns, await self._body(request), dry_run=dry_run, field_validation=field_validation
+            )
             return _json(_view(obj, rt), 201)
         if route.verb == "update":
             assert name is not None
@@ -301,7 +401,7 @@ class ApiServerApp:
                 await self._body(request),
                 subresource=route.subresource,
                 dry_run=dry_run,
-                strict=strict,
+                field_validation=field_validation,
             )
             return _json(_view(obj, rt), 201 if created else 200)
         if route.verb == "patch":
@@ -320,7 +420,7 @@ class ApiServerApp:
                 await self._body(request),
                 subresource=route.subresource,
                 dry_run=dry_run,
-                strict=strict,
+                field_validation=field_validation,
                 field_manager=query.get("fieldManager"),
                 force=_flag(query.get("force")),
             )
@@ -358,6 +458,59 @@ class ApiServerApp:
             )
         return _json(_view(obj, rt))
 
+    def _table(
+        self,
+        rt: ResourceType,
+        objects: list[JsonObj],
+        version: str,
+        query: Any,
+        meta: JsonObj,
+        token: str | None = None,
+    ) -> JsonObj:
+        crd_version = self._crd_version(rt)
+        return table(
+            objects,
+            (crd_version or {}).get("additionalPrinterColumns"),
+            version=version,
+            resource_version=str(meta.get("resourceVersion", "")),
+            include_object=query.get("includeObject"),
+            continue_token=token,
+        )
+
+    async def _scale(self, request: web.Request, route: _Route, dry_run: bool) -> web.Response:
+        """The `/scale` subresource of a CRD that declares one: an autoscaling/v1 Scale read from,
+        and written to, the CRD's replicas paths."""
+        rt, ns, name = route.rt, route.namespace, route.name
+        assert name is not None and rt.scale is not None
+        if route.verb == "get":
+            return _json(_scale_of(self.store.get(rt, ns, name), rt.scale))
+        if route.verb not in ("update", "patch"):
+            raise ApiError(
+                405, f"the server does not allow this method on the requested resource ({request.method})"
+            )
+        current = _scale_of(self.store.get(rt, ns, name), rt.scale)
+        body = await self._body(request)
+        if route.verb == "patch":
+            if request.content_type not in (MERGE_PATCH, JSON_PATCH):
+                raise ApiError(
+                    415, f"the body of the request was in an unknown format: {request.content_type}"
+                )
+            wanted = (
+                json_patch(current, body)
+                if request.content_type == JSON_PATCH
+                else merge_patch(current, body)
+            )
+        else:
+            wanted = body
+        replicas = ((wanted or {}).get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise errors.invalid(
+                "Scale", "autoscaling", name, [("spec.replicas", f"Invalid value: {replicas}: must be >= 0")]
+            )
+        patch = _nest(rt.scale[0], replicas)
+        obj, _ = self.store.patch(rt, ns, name, MERGE_PATCH, patch, dry_run=dry_run)
+        return _json(_scale_of(obj, rt.scale))
+
     async def _watch(self, request: web.Request, route: _Route) -> web.StreamResponse:
         query = request.query
         rt = route.rt
@@ -368,6 +521,23 @@ class ApiServerApp:
         bookmarks = _flag(query.get("allowWatchBookmarks"))
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         queue: asyncio.Queue[tuple[str, JsonObj] | None] = asyncio.Queue()
+        as_table = table_version(request.headers.get("Accept", ""))
+        headed = False
+
+        def shown(obj: JsonObj) -> JsonObj:
+            """The event's object: as the version shows it, or (`kubectl get -w`) a one-row Table,
+            its column definitions in the first event only, as the real server sends them."""
+            nonlocal headed
+            obj = _view(obj, rt)
+            if not as_table:
+                return obj
+            meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+            converted = self._table(rt, [obj], as_table, query, meta)
+            if headed:
+                converted["columnDefinitions"] = []
+            headed = True
+            return converted
+
         expired: ApiError | None = None
         watcher = None
         try:
@@ -422,7 +592,7 @@ class ApiServerApp:
                     assert item is not None
                     kind, obj = item
                     if kind != "BOOKMARK":
-                        chunk += self._event(kind, _view(obj, rt))
+                        chunk += self._event(kind, shown(obj))
                     elif bookmarks:
                         chunk += self._bookmark(rt, obj["metadata"])
                     if queue.empty():
@@ -459,3 +629,37 @@ class ApiServerApp:
 
 def _fields(rt: ResourceType) -> frozenset[str]:
     return rt.extra_field_selectors | {"metadata.name", "metadata.namespace"}
+
+
+def _nest(dotted: str, value: Any) -> JsonObj:
+    """`.spec.replicas`, 3 -> {"spec": {"replicas": 3}}."""
+    result: Any = value
+    for part in reversed([p for p in dotted.split(".") if p]):
+        result = {part: result}
+    return result
+
+
+def _scale_of(obj: JsonObj, paths: tuple[str, str, str | None]) -> JsonObj:
+    spec_path, status_path, selector_path = paths
+
+    def read(dotted: str | None) -> Any:
+        value: Any = obj
+        for part in [p for p in (dotted or "").split(".") if p]:
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    meta = obj["metadata"]
+    status: JsonObj = {"replicas": read(status_path) or 0}
+    if selector_path and read(selector_path):
+        status["selector"] = read(selector_path)
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if k in meta
+        },
+        "spec": {"replicas": read(spec_path) or 0},
+        "status": status,
+    }

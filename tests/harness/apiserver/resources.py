@@ -76,10 +76,19 @@ class ResourceType:
     extra_field_selectors: frozenset[str] = field(default_factory=frozenset)
     # Only PUT for these creates the object when absent (the real server's AllowCreateOnUpdate).
     create_on_update: bool = False
+    # The version objects are stored in ("" = this one); all served versions of a CRD share storage.
+    storage_version: str = ""
+    # A CRD's /scale subresource: (specReplicasPath, statusReplicasPath, labelSelectorPath).
+    scale: tuple[str, str, str | None] | None = None
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def storage_api_version(self) -> str:
+        version = self.storage_version or self.version
+        return f"{self.group}/{version}" if self.group else version
 
     @property
     def storage_key(self) -> tuple[str, str]:
@@ -113,6 +122,18 @@ class ResourceType:
                     "singularName": "",
                     "namespaced": self.namespaced,
                     "kind": self.kind,
+                    "verbs": list(STATUS_VERBS),
+                }
+            )
+        if self.scale:
+            entries.append(
+                {
+                    "name": f"{self.plural}/scale",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
                     "verbs": list(STATUS_VERBS),
                 }
             )
@@ -204,6 +225,14 @@ BUILTINS: tuple[ResourceType, ...] = (
         create_on_update=True,
     ),
     _builtin("coordination.k8s.io", "v1", "Lease", "leases", returns_deleted_object=False),
+    # What `kairay manifests` installs besides the CRD. Nothing runs a Deployment's pods here.
+    _builtin("apps", "v1", "Deployment", "deployments", short=("deploy",), status=True, categories=("all",)),
+    _builtin("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+    _builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+    _builtin("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
+    _builtin(
+        "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False
+    ),
     _builtin(
         "apiextensions.k8s.io",
         "v1",
@@ -226,6 +255,12 @@ def version_priority(version: str) -> tuple[int, int, int, str]:
     major, stage, minor = match.groups()
     rank = {None: 0, "beta": 1, "alpha": 2}[stage]
     return (rank, -int(major), -int(minor or 0), version)
+
+
+def _scale_paths(scale: Mapping[str, Any] | None) -> tuple[str, str, str | None] | None:
+    if scale is None:
+        return None
+    return (scale["specReplicasPath"], scale["statusReplicasPath"], scale.get("labelSelectorPath"))
 
 
 def crd_resource_types(crd: Mapping[str, Any]) -> list[ResourceType]:
@@ -254,6 +289,7 @@ def crd_resource_types(crd: Mapping[str, Any]) -> list[ResourceType]:
         )
     if causes:
         raise invalid("CustomResourceDefinition", "apiextensions.k8s.io", name, causes)
+    storage = next(v["name"] for v in versions if v.get("storage"))
     types = []
     for version in versions:
         if not version.get("served", True):
@@ -270,7 +306,9 @@ def crd_resource_types(crd: Mapping[str, Any]) -> list[ResourceType]:
                 short_names=tuple(names.get("shortNames") or ()),
                 categories=tuple(names.get("categories") or ()),
                 status_subresource="status" in subresources,
+                scale=_scale_paths(subresources.get("scale")),
                 crd_name=name,
+                storage_version=storage,
                 extra_field_selectors=frozenset(
                     sel["jsonPath"].lstrip(".") for sel in version.get("selectableFields") or ()
                 ),

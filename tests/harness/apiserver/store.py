@@ -60,6 +60,9 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 PATCH_TYPES = (MERGE_PATCH, STRATEGIC_MERGE_PATCH, JSON_PATCH, APPLY_PATCH)
+# fieldValidation: refuse unknown fields, drop them with a Warning header (the default), or silently.
+STRICT, WARN, IGNORE = "Strict", "Warn", "Ignore"
+FIELD_VALIDATIONS = (STRICT, WARN, IGNORE)
 
 # Metadata the server owns: a client's values are ignored on create and carried over on update.
 _SERVER_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
@@ -150,6 +153,8 @@ class Store:
         self._ns_counts: Counter[str] = Counter()
         self._apply_owners: dict[str, dict[str, frozenset[FieldPath]]] = {}
         self._next_ip = 10
+        # Warnings for the request being served (the HTTP layer clears and sends them as headers).
+        self.warnings: list[str] = []
         self._next_node_port = 30000
         ns_type = self.type_for(NAMESPACES)
         for name in DEFAULT_NAMESPACES:
@@ -172,6 +177,10 @@ class Store:
 
     def find(self, key: StorageKey, namespace: str | None, name: str) -> JsonObj | None:
         return self._objects[key].get((namespace or "", name))
+
+    def stored(self, key: StorageKey, namespace: str | None) -> list[JsonObj]:
+        """Every object of a storage key, in `namespace` when one is given."""
+        return [o for (ns, _), o in self._objects[key].items() if namespace in (None, ns)]
 
     def select(
         self,
@@ -216,7 +225,9 @@ class Store:
                 if api_version != rt.api_version
                 else f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})"
             )
-        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        # Stored in the storage version; every served version reads it (`conversion: None`: the
+        # versions share one schema, so converting rewrites apiVersion alone).
+        obj["apiVersion"], obj["kind"] = rt.storage_api_version, rt.kind
         if not isinstance(obj.setdefault("metadata", {}), dict):
             raise errors.bad_request("metadata must be an object")
 
@@ -227,7 +238,7 @@ class Store:
         body: Any,
         *,
         dry_run: bool = False,
-        strict: bool = False,
+        field_validation: str = WARN,
         apply_owners: dict[str, frozenset[FieldPath]] | None = None,
     ) -> JsonObj:
         if not isinstance(body, dict):
@@ -259,7 +270,7 @@ class Store:
         if rt.status_subresource:
             obj.pop("status", None)
         self._default(rt, obj, None)
-        obj = self._admit(rt, obj, None, name_causes(name, _name_rule(rt)), strict)
+        obj = self._admit(rt, obj, None, name_causes(name, _name_rule(rt)), field_validation)
         meta = obj["metadata"]
         if (ns, name) in self._objects[rt.storage_key]:
             raise errors.already_exists(rt.plural, rt.group, name)
@@ -314,7 +325,7 @@ class Store:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        strict: bool = False,
+        field_validation: str = WARN,
     ) -> tuple[JsonObj, bool]:
         """PUT; returns (object, created) since a few types create on update."""
         if not isinstance(body, dict):
@@ -332,7 +343,9 @@ class Store:
         if old is None:
             if rt.create_on_update and subresource is None:
                 created = {**body, "metadata": {**meta, "name": name}}
-                return self.create(rt, namespace, created, dry_run=dry_run, strict=strict), True
+                return self.create(
+                    rt, namespace, created, dry_run=dry_run, field_validation=field_validation
+                ), True
             raise errors.not_found(rt.plural, rt.group, name)
         rv = meta.get("resourceVersion")
         if not rv and rt.is_custom:
@@ -346,7 +359,9 @@ class Store:
             raise errors.conflict(rt.plural, rt.group, name, errors.STALE_OBJECT)
         obj = deep_copy(body)
         self._check_kind(rt, obj)
-        return self._replace(rt, old, obj, subresource=subresource, dry_run=dry_run, strict=strict), False
+        return self._replace(
+            rt, old, obj, subresource=subresource, dry_run=dry_run, field_validation=field_validation
+        ), False
 
     def patch(
         self,
@@ -358,24 +373,33 @@ class Store:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        strict: bool = False,
+        field_validation: str = WARN,
         field_manager: str | None = None,
         force: bool = False,
     ) -> tuple[JsonObj, bool]:
         """Returns (object, created); only server-side apply creates."""
         if patch_type == APPLY_PATCH:
-            return self._apply(rt, namespace, name, patch, field_manager, force, subresource, dry_run, strict)
+            return self._apply(
+                rt, namespace, name, patch, field_manager, force, subresource, dry_run, field_validation
+            )
+        if patch_type == STRATEGIC_MERGE_PATCH and rt.is_custom:
+            # Custom resources carry no merge strategies, so the real server refuses the patch type.
+            raise ApiError(
+                415,
+                "the body of the request was in an unknown format - accepted media types include: "
+                + ", ".join(t for t in PATCH_TYPES if t != STRATEGIC_MERGE_PATCH),
+            )
         old = self.get(rt, namespace, name)
+        # A patch applies to the object as the request's version shows it.
+        base = {**old, "apiVersion": rt.api_version}
         if patch_type == JSON_PATCH:
-            new = json_patch(old, patch)
+            new = json_patch(base, patch)
         elif not isinstance(patch, dict):
             raise errors.bad_request("the patch must be a JSON object")
-        elif patch_type == STRATEGIC_MERGE_PATCH and not rt.is_custom:
-            new = strategic_merge_patch(deep_copy(old), patch)
+        elif patch_type == STRATEGIC_MERGE_PATCH:
+            new = strategic_merge_patch(deep_copy(base), patch)
         else:
-            # Merge patch, and strategic merge on custom resources: they carry no merge strategies, so
-            # it amounts to a merge patch. (A real server answers 415 to the latter instead.)
-            new = merge_patch(deep_copy(old), patch)
+            new = merge_patch(deep_copy(base), patch)
         if not isinstance(new, dict):
             raise ApiError(422, "the patched object must be a JSON object")
         new_meta = _meta(new)
@@ -390,7 +414,9 @@ class Store:
                 f"{_meta(old)['uid']}",
             )
         self._check_kind(rt, new)
-        return self._replace(rt, old, new, subresource=subresource, dry_run=dry_run, strict=strict), False
+        return self._replace(
+            rt, old, new, subresource=subresource, dry_run=dry_run, field_validation=field_validation
+        ), False
 
     def _apply(
         self,
@@ -402,7 +428,7 @@ class Store:
         force: bool,
         subresource: str | None,
         dry_run: bool,
-        strict: bool,
+        field_validation: str,
     ) -> tuple[JsonObj, bool]:
         """Simplified server-side apply: each applying manager owns the leaf fields it last applied;
         fields it stops applying are removed unless another applier owns them; changing a field
@@ -429,7 +455,12 @@ class Store:
                 raise errors.not_found(rt.plural, rt.group, name)
             meta["managedFields"] = [_managed_entry(manager, rt, paths)]
             created = self.create(
-                rt, namespace, applied, dry_run=dry_run, strict=strict, apply_owners={manager: paths}
+                rt,
+                namespace,
+                applied,
+                dry_run=dry_run,
+                field_validation=field_validation,
+                apply_owners={manager: paths},
             )
             return created, True
         self._check_kind(rt, applied)
@@ -456,7 +487,13 @@ class Store:
             for m, p in new_owners.items()
         ]
         result = self._replace(
-            rt, old, new, subresource=subresource, dry_run=dry_run, strict=strict, keep_managed_fields=True
+            rt,
+            old,
+            new,
+            subresource=subresource,
+            dry_run=dry_run,
+            field_validation=field_validation,
+            keep_managed_fields=True,
         )
         if not dry_run:
             self._apply_owners[_meta(result)["uid"]] = new_owners
@@ -470,7 +507,7 @@ class Store:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        strict: bool = False,
+        field_validation: str = WARN,
         keep_managed_fields: bool = False,
         validate: bool = True,
     ) -> JsonObj:
@@ -530,7 +567,7 @@ class Store:
                 )
         self._default(rt, new, old)
         if validate:
-            new = self._admit(rt, new, old, [], strict)
+            new = self._admit(rt, new, old, [], field_validation)
             meta = new["metadata"]
         if "generation" in old_meta and _content(new, rt.status_subresource) != _content(
             old, rt.status_subresource
@@ -618,7 +655,7 @@ class Store:
         return self._next_node_port
 
     def _admit(
-        self, rt: ResourceType, obj: JsonObj, old: JsonObj | None, causes: list[Cause], strict: bool
+        self, rt: ResourceType, obj: JsonObj, old: JsonObj | None, causes: list[Cause], field_validation: str
     ) -> JsonObj:
         """Validate `obj`, and for custom resources do what the real server does with a CRD schema:
         prune undeclared fields (or refuse them under fieldValidation=Strict), apply defaults, then
@@ -634,10 +671,12 @@ class Store:
             return obj
         found = self._run_validator(crd, obj, old)
         unknown = [field for field, reason in found if reason == UNKNOWN_FIELD]
-        if unknown and strict:
+        if unknown and field_validation == STRICT:
             raise errors.bad_request(
                 "strict decoding error: " + ", ".join(f'unknown field "{field}"' for field in unknown)
             )
+        if field_validation == WARN:
+            self.warnings += [f'unknown field "{field}"' for field in unknown]
         for field in unknown:
             _prune(obj, field)
         changed = False
