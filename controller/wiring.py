@@ -100,21 +100,23 @@ class _Runtime:
             raise kopf.TemporaryError("the controller is still starting", delay=1)
         return self.reconciler
 
-    def spawn(self, namespace: str, name: str) -> None:
+    def spawn(self, namespace: str, name: str, *, fresh: bool = False) -> None:
         """Reconcile a Workspace in the background, in a copy of a handler's context."""
         if self.handler_context is None:
             return
-        task = asyncio.create_task(self.run(namespace, name), context=self.handler_context.copy())
+        task = asyncio.create_task(
+            self.run(namespace, name, fresh=fresh), context=self.handler_context.copy()
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def run(self, namespace: str, name: str) -> None:
+    async def run(self, namespace: str, name: str, *, fresh: bool = False) -> None:
         """Reconcile a Workspace; a failure (an API error, conflicts that never settled, a deletion still
         under way) becomes a log line, an Event for API errors, and a retry after the delay it asks
         for: kopf retries no event handler, and every reconcile here starts from one."""
         reconciler = self.get()
         try:
-            await reconciler.reconcile(namespace, name)
+            await reconciler.reconcile(namespace, name, fresh=fresh)
         except ApiException as exc:
             log.warning("Workspace %s/%s: %s", namespace, name, describe(exc))
             body = reconciler.cache.workspace(namespace, name)
@@ -185,7 +187,8 @@ def build_registry(
                 continue
             for namespace, name in keys:
                 await asyncio.sleep(options.resync_seconds / len(keys))
-                runtime.spawn(namespace, name)
+                # Read afresh: a watch that dropped and re-listed reports no deletion it missed.
+                runtime.spawn(namespace, name, fresh=True)
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
