@@ -8,6 +8,7 @@ The controller never reads Secrets: it references them by name in the manifests 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -42,6 +43,11 @@ class Kube:
         self._api = api
         self._custom = CustomObjectsApi(api)
         self._core = CoreV1Api(api)
+        # The probe's own client, without urllib3's retries: they would repeat a timed-out read, and
+        # HEALTH_TIMEOUT would bound each attempt rather than the probe.
+        probing = copy.copy(api.configuration)
+        probing.retries = False
+        self._probe = CoreV1Api(ApiClient(probing))
         self._kuberay = KubeRayClient(api)
         self._gate = PriorityGate(executor_threads())
 
@@ -112,7 +118,7 @@ class Kube:
             urllib3.BaseHTTPResponse,
             await self._call(
                 call,
-                self._core.connect_get_namespaced_service_proxy_with_path,
+                self._probe.connect_get_namespaced_service_proxy_with_path,
                 service,
                 namespace,
                 path,
