@@ -61,10 +61,10 @@ def test_two_replicas_one_acts_and_the_other_takes_over(tmp_path: Path) -> None:
                 # The leader stops (and gives the Lease up); the follower acts on the next change.
                 assert leader.stop() == 0
                 cluster.controller = follower
+                follower_pid = follower.process.pid if follower.process else None
                 cluster.wait(
-                    "the follower to hold the Lease",
-                    lambda: holder(cluster) is not None and pid_of(holder(cluster)) == follower.process.pid,
-                )  # type: ignore[union-attr]
+                    "the follower to hold the Lease", lambda: pid_of(holder(cluster)) == follower_pid
+                )
                 cluster.patch_workspace("lead", "ws", {"inference": {"adapters": [adapter("sql")]}})
                 ws = cluster.wait_status("lead", "ws", ready, "Ready after the change, by the follower")
                 assert ws["metadata"]["generation"] == 2
