@@ -3,10 +3,11 @@ stops the other takes over."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from controller.leader import LEASE_NAME
+from controller.leader import LEASE_NAME, LeaderElector
 from tests.controller.cluster import Cluster, Controller, install_crds
 from tests.controller.test_controller import WATCH_SECONDS, adapter, inference_workspace, ready
 from tests.harness.fake_apiserver import FakeApiServer
@@ -74,3 +75,30 @@ def test_two_replicas_one_acts_and_the_other_takes_over(tmp_path: Path) -> None:
                 codes = [replica.stop() for replica in replicas]
             assert codes == [0, 0], [replica.output()[-3000:] for replica in replicas]
             assert kuberay.errors == []
+
+
+def test_the_lease_goes_to_one_elector_until_released_or_expired() -> None:
+    changes: list[tuple[str, bool]] = []
+    with FakeApiServer() as server, server.api_client() as api:
+        first, second = (
+            LeaderElector(api, "default", lambda leading, n=n: changes.append((n, leading)), lease_seconds=1)
+            for n in ("first", "second")
+        )
+        assert first._try() is True
+        assert second._try() is False  # held, and renewed just now
+        assert first._try() is True  # renewing keeps it
+        lease = server.get("leases", "default", LEASE_NAME)
+        assert lease is not None and lease["spec"]["holderIdentity"] == first.identity
+        assert lease["spec"]["leaseTransitions"] == 0
+
+        first._release()
+        assert second._try() is True  # released: free at once
+        assert first._try() is False
+        # The holder stops renewing: free once its record has stood still for the lease's duration,
+        # as this elector's own clock measures it.
+        assert first._try() is False
+        time.sleep(1.1)
+        assert first._try() is True
+        lease = server.get("leases", "default", LEASE_NAME)
+        assert lease is not None and lease["spec"]["holderIdentity"] == first.identity
+        assert lease["spec"]["leaseTransitions"] == 2

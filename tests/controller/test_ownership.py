@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from controller.conditions import REASON_RESOURCE_CONFLICT
-from controller.ownership import owned_by
+from controller.ownership import conflict, owned_by
 from tests.controller.cluster import PLURAL, Cluster, Controller, condition_is, conditions, install_crds
 from tests.controller.test_controller import WATCH_SECONDS, inference_workspace, ready
 from tests.harness.fake_apiserver import FakeApiServer
@@ -35,6 +35,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 code = controller.stop()
             assert code == 0, controller.output()[-4000:]
             assert kuberay.errors == []
+
+
+def test_owned_only_by_an_owner_reference_with_the_uid() -> None:
+    child = {
+        "metadata": {"name": "ws", "ownerReferences": [{"kind": "Workspace", "name": "ws", "uid": "u-1"}]}
+    }
+    assert owned_by(child, "u-1")
+    assert not owned_by(child, "u-2")  # same name, another Workspace
+    assert not owned_by({"metadata": {"name": "ws"}}, "u-1")
+    assert not owned_by({"metadata": {"ownerReferences": [{"name": "ws"}]}}, "")
+
+
+def test_the_conflict_names_the_object_and_why() -> None:
+    foreign = conflict("Service", {"metadata": {"namespace": "ns", "name": "ws"}})
+    assert (foreign.reason, foreign.final) == (REASON_RESOURCE_CONFLICT, False)
+    assert foreign.message.startswith("Service ns/ws exists and is not owned by this Workspace")
+    leaving = conflict(
+        "RayService", {"metadata": {"namespace": "ns", "name": "ws", "deletionTimestamp": "t"}}
+    )
+    assert "still being deleted" in leaving.message
 
 
 def snapshot(obj: dict[str, Any] | None) -> str:
