@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes.client import ApiClient, CoordinationV1Api
 from kubernetes.client.exceptions import ApiException
 
@@ -100,8 +101,11 @@ class LeaderElector:
             while True:
                 try:
                     leading = await asyncio.to_thread(self._try)
-                except ApiException as exc:
-                    log.warning("leader election: %s", describe(exc))
+                except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                    # The API server is unreachable or refuses: this round is lost, not the loop.
+                    log.warning(
+                        "leader election: %s", describe(exc) if isinstance(exc, ApiException) else exc
+                    )
                     # Not renewed: once the lease has run out, another replica may hold it.
                     leading = self.leading and time.monotonic() - self._seen_at < self._lease_seconds
                 self._set(leading)
