@@ -62,15 +62,23 @@ def gone(cluster: Cluster, namespace: str) -> bool:
 def test_409_on_finalizer_status_and_finalizer_removal_is_retried(cluster: Cluster) -> None:
     cluster.namespace("c409")
     cluster.gpu_node("c409-gpu-0", {"pool": "c409"})
-    # The first patches of the Workspace (adding the finalizer) and of its status conflict.
-    main = cluster.server.inject_errors("workspaces", code=409, count=2, verbs=["patch"], namespace="c409")
+    # The first patches of the Workspace (adding the finalizer) conflict.
+    adding = cluster.server.inject_errors("workspaces", code=409, count=2, verbs=["patch"], namespace="c409")
     cluster.create_workspace(inference_workspace("c409", "ws", "c409"))
-    cluster.wait("the finalizer patches to conflict", lambda: main.hits == 2)
-    status = cluster.server.inject_errors("workspaces", code=409, count=2, verbs=["patch"], namespace="c409")
     ws = cluster.wait_status("c409", "ws", ready, "Ready despite the conflicts")
-    assert ws["metadata"]["finalizers"] == [FINALIZER]
-    assert status.hits == 2
+    assert ws["metadata"]["finalizers"] == [FINALIZER] and adding.hits == 2
+
+    # Then the status patches that follow a spec change (the change itself goes straight to the store).
+    status = cluster.server.inject_errors("workspaces", code=409, count=2, verbs=["patch"], namespace="c409")
+    cluster.server.patch("workspaces", "c409", "ws", {"inference": {"adapters": [adapter("sql")]}})
+    ws = cluster.wait_status("c409", "ws", ready, "Ready again despite the conflicts")
+    assert ws["metadata"]["generation"] == 2 and status.hits == 2
+    refused = {
+        (r.verb, r.resource) for r in cluster.server.request_log if r.namespace == "c409" and r.code == 409
+    }
+    assert refused == {("patch", "workspaces"), ("patch", "workspaces/status")}
     assert [o["metadata"]["name"] for o in cluster.server.list("rayservices", "c409")] == ["ws"]
+    assert "sql" in (cluster.rayservice("c409", "ws") or {})["spec"]["serveConfigV2"]
     assert own_services(cluster, "c409") == ["ws"]
 
     # Removing the finalizer conflicts too: the Workspace stays until it is removed for real.
