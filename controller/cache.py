@@ -36,6 +36,18 @@ class WatchCache:
     def observe_service(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         _remember(self._services, body, deleted)
 
+    def correct_rayservice(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """What a read from the API server found (None: nothing): a watch that was down may have
+        missed a deletion, which a re-list does not report."""
+        _correct(self._rayservices, (namespace, name), body)
+
+    def correct_service(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        _correct(self._services, (namespace, name), body)
+
+    def forget_workspace(self, namespace: str, name: str) -> None:
+        """The API server has no such Workspace (its deletion was missed while the watch was down)."""
+        self._workspaces.pop((namespace, name), None)
+
     def workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The latest copy of a Workspace, if the watch has reported it."""
         return self._workspaces.get((namespace, name))
@@ -69,6 +81,13 @@ def _remember(cache: dict[Key, dict[str, Any]], body: Mapping[str, Any], deleted
     if held is None or not _older(metadata, held.get("metadata") or {}):
         # Not copied: watch events and API answers are fresh objects, and nothing here modifies them.
         cache[held_key] = dict(body)
+
+
+def _correct(cache: dict[Key, dict[str, Any]], held_key: Key, body: Mapping[str, Any] | None) -> None:
+    if body is None:
+        cache.pop(held_key, None)
+    else:
+        _remember(cache, body, deleted=False)
 
 
 def _resource_version(body: Mapping[str, Any]) -> str:

@@ -52,6 +52,8 @@ REASON_PENDING = "Pending"
 REASON_RESOURCE_NOT_READY = "ResourceNotReady"
 REASON_UNHEALTHY = "Unhealthy"
 REASON_ADAPTER_NOT_READY = "AdapterNotReady"
+REASON_RESOURCE_CONFLICT = "ResourceConflict"
+REASON_ADAPTER_STATUS_UNKNOWN = "AdapterStatusUnknown"
 
 _JOB_STATES = {
     "Pending": STATE_PENDING,
@@ -140,7 +142,8 @@ class Observation:
     """Everything one reconcile saw. `invalid` means the Workspace itself cannot be served or tuned
     (catalog errors, unsupported fields): nothing else was looked at. `config` is a problem with a
     referenced ConfigMap. `service` / `job` are KubeRay's verdicts, None while the object does not exist.
-    `adapters` is what the running application's `/health` says is wrong with its adapters."""
+    `adapters` is what the running application's `/health` says is wrong with its adapters.
+    `conflict`: an object under a child's name that this Workspace does not own (left untouched)."""
 
     generation: int | None
     invalid: Problem | None = None
@@ -149,6 +152,7 @@ class Observation:
     service: ServiceHealth | None = None
     job: JobProgress | None = None
     adapters: Problem | None = None
+    conflict: Problem | None = None
 
 
 def adapter_problem(health: Any, wanted: Collection[str]) -> Problem | None:
@@ -274,6 +278,8 @@ def _inference_ready(observation: Observation) -> Verdict:
     # A ConfigMap problem means the desired Serve config cannot be rendered, even if an older one runs.
     if observation.config is not None:
         return _problem(observation.config)
+    if observation.conflict is not None:
+        return _problem(observation.conflict)
     if observation.service is not None:
         health = observation.service
         if health.ready and observation.adapters is not None:

@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from controller.cache import Key
 from controller.events import event
 from controller.gate import PRIORITY_OTHER
 from controller.kube import Kube
 from controller.nodes.base import NodeProvisioner, NodeRequest
+from controller.ownership import owned_by
 from controller.settings import ControllerOptions
-from kuberay.client import RAYJOBS, RAYSERVICES
+from kuberay.client import RAYJOBS, RAYSERVICES, describe
 
 FINALIZER = "kairay.io/finalizer"
 # kopf's finalizer, which kopf would add for handlers that need one: none of the controller's does.
@@ -79,7 +81,13 @@ class Finalizer:
         if key not in self._deleting:
             self._deleting.add(key)
             event(obj, "Normal", "Deleting", "deleting the children and releasing the nodes")
-        remaining = await self._delete_children(obj)
+        try:
+            remaining = await self._delete_children(obj)
+        except ApiException as exc:
+            # The finalizer stays until the children are really gone; the Event says what is stuck.
+            failed = f"could not delete the children: {describe(exc)}; retrying"
+            event(obj, "Warning", "DeleteFailed", failed)
+            raise kopf.TemporaryError(failed, delay=self._options.retry_delay_seconds) from None
         if remaining:
             waiting = f"waiting for {', '.join(remaining)} to be deleted"
             raise kopf.TemporaryError(waiting, delay=self._options.retry_delay_seconds)
@@ -92,18 +100,28 @@ class Finalizer:
         return written
 
     async def _delete_children(self, obj: dict[str, Any]) -> list[str]:
-        """Delete the RayService, RayJobs and Service of a Workspace; the ones still present after."""
+        """Delete the RayService, RayJobs and Service this Workspace owns (an object that only has the
+        name stays: `controller.ownership`); the ones still present after."""
         metadata = obj["metadata"]
-        namespace, name = metadata["namespace"], metadata["name"]
-        await self._kube.delete(RAYSERVICES, namespace, name)
-        jobs = [job["metadata"]["name"] for job in await self._kube.rayjobs(namespace, name)]
+        namespace, name, uid = metadata["namespace"], metadata["name"], str(metadata.get("uid") or "")
+        rayservice = await self._kube.get(RAYSERVICES, namespace, name)
+        if rayservice is not None and owned_by(rayservice, uid):
+            await self._kube.delete(RAYSERVICES, namespace, name, uid=rayservice["metadata"]["uid"])
+        jobs = [job for job in await self._kube.rayjobs(namespace, name) if owned_by(job, uid)]
         for job in jobs:
-            await self._kube.delete(RAYJOBS, namespace, job)
-        await self._kube.delete_service(namespace, name)
+            await self._kube.delete(RAYJOBS, namespace, job["metadata"]["name"], uid=job["metadata"]["uid"])
+        service = await self._kube.service(namespace, name)
+        if service is not None and owned_by(service, uid):
+            await self._kube.delete_service(namespace, name, uid=service["metadata"]["uid"])
         remaining = []
-        if await self._kube.get(RAYSERVICES, namespace, name) is not None:
+        rayservice = await self._kube.get(RAYSERVICES, namespace, name)
+        if rayservice is not None and owned_by(rayservice, uid):
             remaining.append(f"RayService {name}")
         for job in jobs:
-            if await self._kube.get(RAYJOBS, namespace, job) is not None:
-                remaining.append(f"RayJob {job}")
+            left = await self._kube.get(RAYJOBS, namespace, job["metadata"]["name"])
+            if left is not None and owned_by(left, uid):
+                remaining.append(f"RayJob {job['metadata']['name']}")
+        service = await self._kube.service(namespace, name)
+        if service is not None and owned_by(service, uid):
+            remaining.append(f"Service {name}")
         return remaining

@@ -8,11 +8,12 @@ The controller never reads Secrets: it references them by name in the manifests 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import urllib3
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1DeleteOptions, V1Preconditions
 
 from controller.api.workspace import GROUP
 from controller.gate import PRIORITY_OTHER, PriorityGate, executor_threads
@@ -31,6 +32,8 @@ MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30
 # The application's own /health answers at once; a slow one must not stall the reconcile.
 HEALTH_TIMEOUT = 5
+# Its answer lists a few adapters; anything larger is not one, and is not read into memory.
+HEALTH_MAX_BYTES = 1 << 20
 
 
 class Kube:
@@ -40,6 +43,11 @@ class Kube:
         self._api = api
         self._custom = CustomObjectsApi(api)
         self._core = CoreV1Api(api)
+        # The probe's own client, without urllib3's retries: they would repeat a timed-out read, and
+        # HEALTH_TIMEOUT would bound each attempt rather than the probe.
+        probing = copy.copy(api.configuration)
+        probing.retries = False
+        self._probe = CoreV1Api(ApiClient(probing))
         self._kuberay = KubeRayClient(api)
         self._gate = PriorityGate(executor_threads())
 
@@ -88,21 +96,29 @@ class Kube:
             self._core.patch_namespaced_service, name, namespace, patch, _content_type=MERGE_PATCH
         )
 
-    async def delete_service(self, namespace: str, name: str) -> None:
+    async def delete_service(self, namespace: str, name: str, *, uid: str) -> None:
+        """Delete the Service of `uid` (a 409 if the name is now another's)."""
         # `found`: a Service already gone is what a delete wants.
         await self._call(
-            found, self._core.delete_namespaced_service, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            found,
+            self._core.delete_namespaced_service,
+            name,
+            namespace,
+            body=V1DeleteOptions(preconditions=V1Preconditions(uid=uid)),
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
     async def service_proxy(self, namespace: str, service: str, path: str) -> bytes:
-        """The body a Service's `path` answers with, through the API server's service proxy."""
+        """The body a Service's `path` answers with, through the API server's service proxy. Raises
+        ValueError for a body over `HEALTH_MAX_BYTES` (only that much is read), TimeoutError for one
+        that takes over `HEALTH_TIMEOUT` to arrive."""
         # Unpreloaded, the client hands back the raw response (typed `str`, the proxied body, which it
         # would otherwise turn into a Python repr of the parsed JSON).
         response = cast(
             urllib3.BaseHTTPResponse,
             await self._call(
                 call,
-                self._core.connect_get_namespaced_service_proxy_with_path,
+                self._probe.connect_get_namespaced_service_proxy_with_path,
                 service,
                 namespace,
                 path,
@@ -111,9 +127,16 @@ class Kube:
             ),
         )
         try:
-            return response.data
+            # A whole-body deadline: the socket timeout alone lets an answer trickle in forever.
+            body = await asyncio.wait_for(
+                asyncio.to_thread(response.read, HEALTH_MAX_BYTES + 1), HEALTH_TIMEOUT
+            )
         finally:
-            response.release_conn()
+            # Closed, not returned to the pool: an unread rest must not be the next request's answer.
+            response.close()
+        if len(body) > HEALTH_MAX_BYTES:
+            raise ValueError(f"the answer is larger than {HEALTH_MAX_BYTES} bytes")
+        return bytes(body)
 
     # KubeRay's RayServices and RayJobs
 
@@ -130,8 +153,8 @@ class Kube:
     async def create_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(self._kuberay.create, RAYJOBS, body)
 
-    async def delete(self, plural: Plural, namespace: str, name: str) -> bool:
-        return await self._call(self._kuberay.delete, plural, namespace, name)
+    async def delete(self, plural: Plural, namespace: str, name: str, *, uid: str) -> bool:
+        return await self._call(self._kuberay.delete, plural, namespace, name, uid=uid)
 
     async def rayjobs(self, namespace: str, workspace: str) -> list[dict[str, Any]]:
         """Every RayJob of a Workspace: the current one and any left from an earlier tuning spec."""

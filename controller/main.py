@@ -21,6 +21,7 @@ import kopf
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
 
+from controller.leader import LEASE_SECONDS, lease_namespace
 from controller.nodes.base import NodeProvisioner
 from controller.nodes.byo import ByoProvisioner
 from controller.settings import ControllerOptions, Settings
@@ -200,10 +201,13 @@ def run(
     resync_seconds: float = 30.0,
     liveness_endpoint: str | None = None,
     log_level: LogLevel = "INFO",
+    lease_seconds: float = LEASE_SECONDS,
 ) -> None:
     """Run the controller until SIGINT/SIGTERM. `namespace=None` watches every namespace."""
     if resync_seconds <= 0:
         raise ConfigError(f"--resync-seconds must be positive, not {resync_seconds}")
+    if lease_seconds < 1:
+        raise ConfigError(f"--lease-seconds must be at least 1, not {lease_seconds}")
     make_provisioner = provisioner_factory(settings, aks, resync_seconds)
     # Fail at start, not at the first login, when there are no credentials at all.
     try:
@@ -223,7 +227,12 @@ def run(
         settings.runtime_image,
     )
     registry = build_registry(
-        ControllerOptions(settings=settings, resync_seconds=resync_seconds),
+        ControllerOptions(
+            settings=settings,
+            resync_seconds=resync_seconds,
+            lease_namespace=lease_namespace(os.environ),
+            lease_seconds=lease_seconds,
+        ),
         lambda: load_configuration(kubeconfig),
         make_provisioner,
     )

@@ -91,6 +91,8 @@ def cluster_role() -> dict[str, Any]:
             rule([""], ["nodes"], READ),
             rule(["", "events.k8s.io"], ["events"], ["create", "patch"]),
             rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ),
+            # Leader election among replicas (`controller.leader`).
+            rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"]),
         ],
     }
 
@@ -104,6 +106,8 @@ def deployment(
     aks: AksTarget | None,
 ) -> dict[str, Any]:
     env = [
+        # The leader-election Lease lives in the controller's own namespace.
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KAIRAY_RUNTIME_IMAGE", "value": runtime_image},
         {"name": "KAIRAY_NODE_PROVISIONER", "value": node_provisioner},
     ]

@@ -84,9 +84,11 @@ class Reconciler:
                 del self._locks[held]
         return news
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(self, namespace: str, name: str, *, fresh: bool = False) -> None:
         """Reconcile until nothing conflicts; after `conflict_attempts` 409s kopf retries later. Returns
-        at once when another reconcile of this Workspace is already waiting to start."""
+        at once when another reconcile of this Workspace is already waiting to start. `fresh` reads
+        everything from the API server from the first attempt on (the periodic resync: a watch that
+        was down and re-listed reports no deletion it missed)."""
         held = (namespace, name)
         if held in self._waiting:
             return
@@ -99,7 +101,7 @@ class Reconciler:
         try:
             for attempt in range(self.options.conflict_attempts):
                 try:
-                    await self._reconcile_once(namespace, name, fresh=attempt > 0)
+                    await self._reconcile_once(namespace, name, fresh=fresh or attempt > 0)
                     return
                 except Conflict as exc:
                     log.info("Workspace %s/%s: %s; reading again", namespace, name, describe(exc))
@@ -116,6 +118,7 @@ class Reconciler:
         cached = None if fresh else self.cache.workspace(namespace, name)
         obj = cached if cached is not None else await self._kube.workspace(namespace, name)
         if obj is None:
+            self.cache.forget_workspace(namespace, name)
             return
         if obj["metadata"].get("deletionTimestamp"):
             if has_finalizer(obj):
@@ -142,11 +145,16 @@ class Reconciler:
         nodes = await self._nodes.ensure(desired.nodes)
         create = inputs.error is None
         if desired.kind == "inference":
-            service, adapters = await self._children.inference(
+            service, adapters, conflict = await self._children.inference(
                 obj, ws, desired, nodes, create=create, fresh=fresh
             )
             return observation(
-                generation, config=inputs.error, nodes=nodes, service=service, adapters=adapters
+                generation,
+                config=inputs.error,
+                nodes=nodes,
+                service=service,
+                adapters=adapters,
+                conflict=conflict,
             )
         job = await self._children.tuning(obj, ws, desired, nodes, create=create)
         return observation(generation, config=inputs.error, nodes=nodes, job=job)

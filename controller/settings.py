@@ -44,3 +44,6 @@ class ControllerOptions:
     conflict_attempts: int = 5
     # kopf's delay before retrying a handler that failed on an API error or is waiting for deletion.
     retry_delay_seconds: float = 5.0
+    # Where the replicas' leader-election Lease lives (`controller.leader`), and how long it lasts.
+    lease_namespace: str = "default"
+    lease_seconds: float = 15.0

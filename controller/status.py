@@ -42,6 +42,7 @@ def observation(
     service: ServiceHealth | None = None,
     job: JobProgress | None = None,
     adapters: Problem | None = None,
+    conflict: Problem | None = None,
 ) -> Observation:
     """What one reconcile saw, its user errors as problems. `invalid`: the Workspace cannot be built
     (nothing else was looked at); `config`: a ConfigMap it names is missing or broken."""
@@ -53,6 +54,7 @@ def observation(
         service=service,
         job=job,
         adapters=adapters,
+        conflict=conflict,
     )
 
 

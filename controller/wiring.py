@@ -13,6 +13,7 @@ A reconcile (`controller.reconcile`) runs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from controller.events import event
 from controller.finalizer import KOPF_FINALIZER
 from controller.gate import executor_threads
 from controller.kube import WORKSPACES
+from controller.leader import LeaderElector
 from controller.nodes.base import NodeProvisioner
 from controller.reconcile import Reconciler
 from controller.settings import ControllerOptions
@@ -87,6 +89,9 @@ class _Runtime:
     provisioner: NodeProvisioner | None = None
     reconciler: Reconciler | None = None
     resync: asyncio.Task[None] | None = None
+    # Only the replica holding the Lease reconciles (`controller.leader`).
+    elector: LeaderElector | None = None
+    election: asyncio.Task[None] | None = None
     # A context of kopf's object handlers: `kopf.event` posts through a queue that kopf puts there, so
     # reconciles started outside a handler (resync, retries) run in a copy of it.
     handler_context: contextvars.Context | None = None
@@ -100,21 +105,36 @@ class _Runtime:
             raise kopf.TemporaryError("the controller is still starting", delay=1)
         return self.reconciler
 
-    def spawn(self, namespace: str, name: str) -> None:
+    @property
+    def leading(self) -> bool:
+        return self.elector is not None and self.elector.leading
+
+    def lead(self, leading: bool) -> None:
+        """Leadership changed: a new leader reconciles every Workspace its watches have seen, read
+        afresh (the previous leader may have changed anything meanwhile)."""
+        if leading and self.reconciler is not None:
+            for namespace, name in self.reconciler.cache.workspaces():
+                self.spawn(namespace, name, fresh=True)
+
+    def spawn(self, namespace: str, name: str, *, fresh: bool = False) -> None:
         """Reconcile a Workspace in the background, in a copy of a handler's context."""
         if self.handler_context is None:
             return
-        task = asyncio.create_task(self.run(namespace, name), context=self.handler_context.copy())
+        task = asyncio.create_task(
+            self.run(namespace, name, fresh=fresh), context=self.handler_context.copy()
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def run(self, namespace: str, name: str) -> None:
+    async def run(self, namespace: str, name: str, *, fresh: bool = False) -> None:
         """Reconcile a Workspace; a failure (an API error, conflicts that never settled, a deletion still
         under way) becomes a log line, an Event for API errors, and a retry after the delay it asks
         for: kopf retries no event handler, and every reconcile here starts from one."""
         reconciler = self.get()
+        if not self.leading:
+            return
         try:
-            await reconciler.reconcile(namespace, name)
+            await reconciler.reconcile(namespace, name, fresh=fresh)
         except ApiException as exc:
             log.warning("Workspace %s/%s: %s", namespace, name, describe(exc))
             body = reconciler.cache.workspace(namespace, name)
@@ -174,6 +194,10 @@ def build_registry(
         runtime.provisioner = make_provisioner(runtime.api)
         runtime.reconciler = Reconciler(runtime.api, runtime.provisioner, options)
         runtime.resync = asyncio.create_task(resync_forever(runtime.reconciler))
+        runtime.elector = LeaderElector(
+            runtime.api, options.lease_namespace, runtime.lead, lease_seconds=options.lease_seconds
+        )
+        runtime.election = asyncio.create_task(runtime.elector.run())
 
     async def resync_forever(reconciler: Reconciler) -> None:
         """Every Workspace once per `resync_seconds`, spread over the period (one task for them all,
@@ -185,7 +209,8 @@ def build_registry(
                 continue
             for namespace, name in keys:
                 await asyncio.sleep(options.resync_seconds / len(keys))
-                runtime.spawn(namespace, name)
+                # Read afresh: a watch that dropped and re-listed reports no deletion it missed.
+                runtime.spawn(namespace, name, fresh=True)
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
@@ -193,6 +218,11 @@ def build_registry(
             runtime.resync.cancel()
         for handle in runtime.retries.values():
             handle.cancel()
+        if runtime.election is not None:
+            # Released before the client closes, so that another replica takes over at once.
+            runtime.election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.election
         if runtime.provisioner is not None:
             await runtime.provisioner.close()
         if runtime.api is not None:

@@ -287,6 +287,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
             resync_seconds=args.resync_seconds,
             liveness_endpoint=args.liveness,
             log_level=args.log_level,
+            lease_seconds=args.lease_seconds,
         )
     except ConfigError as exc:
         raise UserError(str(exc)) from None
@@ -419,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     controller.add_argument(
         "--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    controller.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=15.0,
+        help="leader election: how long the Lease of the replica that reconciles lasts unrenewed",
     )
     controller.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="INFO")
     controller.set_defaults(func=cmd_controller)

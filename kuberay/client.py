@@ -102,10 +102,16 @@ class KubeRayClient:
         )
         return cast(dict[str, Any], patched)
 
-    def delete(self, plural: Plural, namespace: str, name: str) -> bool:
-        """Delete; False when it was already gone."""
+    def delete(self, plural: Plural, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; False when it was already gone. `uid`: only that object (a 409 if the name is now
+        another's), not whatever holds the name by the time the request arrives."""
+        options = (
+            {"body": client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))} if uid else {}
+        )
         try:
-            call(self._api.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+            call(
+                self._api.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, **options
+            )
         except NotFound:
             return False
         return True

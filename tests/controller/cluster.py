@@ -32,6 +32,8 @@ RUNTIME_IMAGE = "registry.test/kairay-runtime:test"
 SETTINGS = Settings(runtime_image=RUNTIME_IMAGE)
 # Short, so that what is not event-driven (nodes, ConfigMaps) is picked up quickly.
 RESYNC_SECONDS = 1.0
+# Short, so that a restarted controller takes over a killed one's Lease quickly.
+LEASE_SECONDS = 2.0
 TIMEOUT = 25.0
 GROUP, VERSION, PLURAL = "kaito.sh", "v1beta1", "workspaces"
 A100 = "Standard_NC24ads_A100_v4"
@@ -98,6 +100,7 @@ class Controller:
                     *("--runtime-image", RUNTIME_IMAGE),
                     *("--node-provisioner", "byo"),
                     *("--resync-seconds", str(RESYNC_SECONDS)),
+                    *("--lease-seconds", str(LEASE_SECONDS)),
                     *self.extra_args,
                 ],
                 cwd=REPO,

@@ -67,7 +67,11 @@ def test_rbac_is_least_privilege() -> None:
     }
     assert not any("*" in entry for entry in granted)
     assert not any(resource == "secrets" for _, resource, _ in granted)
-    assert not any(resource in ("leases", "pods", "rayclusters") for _, resource, _ in granted)
+    assert not any(resource in ("pods", "rayclusters") for _, resource, _ in granted)
+    # Leader election: its one Lease, nothing more (no delete, list or watch).
+    assert {(g, v) for g, resource, v in granted if resource == "leases"} == {
+        ("coordination.k8s.io", verb) for verb in ("get", "create", "update")
+    }
     assert {
         ("kaito.sh", "workspaces/status", "patch"),
         ("kaito.sh", "workspaces/finalizers", "update"),
@@ -97,15 +101,19 @@ def test_the_deployment_runs_one_non_root_controller_with_a_liveness_probe() -> 
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["ports"][0]["containerPort"] == HEALTH_PORT
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {"KAIRAY_RUNTIME_IMAGE": "registry.test/rt:2", "KAIRAY_NODE_PROVISIONER": "byo"}
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in container["env"]}
+    assert env == {
+        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "KAIRAY_RUNTIME_IMAGE": "registry.test/rt:2",
+        "KAIRAY_NODE_PROVISIONER": "byo",
+    }
 
 
 def test_aks_settings_reach_the_controller_environment() -> None:
     target = AksTarget("sub-1", "rg-1", "aks-1")
     deployment = by_kind(manifests(node_provisioner="aks", aks=target))["Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KAIRAY_NODE_PROVISIONER"] == "aks"
     assert (env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"], env["AZURE_CLUSTER_NAME"]) == (
         "sub-1",

@@ -545,6 +545,11 @@ class FakeApiServer:
     def clear_errors(self) -> None:
         self._call(self.app.faults.clear)
 
+    def drop_watches(self) -> None:
+        """End every open watch stream, as an API server restart or an idle proxy does; clients
+        resume from their last resourceVersion (a 410 once `history_size` no longer covers it)."""
+        self._call(self.app.close_streams)
+
     @property
     def request_counts(self) -> Counter[tuple[str, str]]:
         """Requests served so far, by (verb, resource): `("create", "workspaces")`,
