@@ -13,8 +13,10 @@ way KubeRay v1 does, through the real `kubernetes` client.
   activeDeadlineSeconds and deleting the cluster ttlSecondsAfterFinished after the end when
   shutdownAfterJobFinishes is set.
 
-Every RayService/RayJob version it sees, and every object it writes, is validated against
-`kuberay_schema.json`; problems are collected in `violations` (tests assert it stays empty). Unexpected
+Every RayService/RayJob version it sees, and every object it writes, is validated against the schema
+facts of KubeRay's released CRDs (`kuberay_schema.json`, made by `scripts/kuberay_schema.py`; the release
+is named at its top) and the operator's own checks; problems are collected in `violations` (tests assert
+it stays empty). Unexpected
 errors in its threads are collected in `errors`.
 """
 
@@ -36,10 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import jsonschema
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from controller.crds.schema import validate_object
 
 GROUP = "ray.io"
 VERSION = "v1"
@@ -59,7 +62,8 @@ _Key = tuple[str, str, str]  # (plural, namespace, name)
 
 def kuberay_crds() -> list[dict[str, Any]]:
     """Minimal ray.io/v1 CRDs (RayService, RayJob, RayCluster): namespaced, status subresource, schema that
-    keeps every field (the real CRDs' structure is checked by `kuberay_schema.json` instead)."""
+    keeps every field, so that a typo reaches the fake operator and is reported as a violation instead of
+    being pruned silently (the released CRDs' schemas are checked by `schema_errors`)."""
     return [_crd("RayService", "rayservices"), _crd("RayJob", "rayjobs"), _crd("RayCluster", "rayclusters")]
 
 
@@ -111,59 +115,130 @@ def install_crds(api_client: client.ApiClient, timeout: float = 10.0) -> None:
 # --- schema ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def load_schema() -> dict[str, Any]:
+    """The schema facts of KubeRay's released CRDs (see `scripts/kuberay_schema.py`)."""
     return cast(dict[str, Any], json.loads(SCHEMA_PATH.read_text()))
 
 
-def schema_errors(obj: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
-    """Schema problems of one RayService/RayJob/RayCluster, as `path: message` strings."""
-    validator = jsonschema.Draft202012Validator(schema or load_schema())
-    return [
-        f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
-        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-    ]
+def validation_crd(kind: str) -> dict[str, Any] | None:
+    """The released CRD of `kind` as far as validation goes: its ray.io/v1 schema, without the prose."""
+    schema = load_schema()["schemas"].get(kind)
+    if schema is None:
+        return None
+    crd = _crd(kind, f"{kind.lower()}s")
+    crd["spec"]["versions"][0]["schema"] = {"openAPIV3Schema": schema}
+    return crd
+
+
+def schema_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Problems of one RayService/RayJob/RayCluster (created, or updated from `old`), as `path: message`
+    strings: what the released CRD refuses (structure, types, enums, required fields, CEL rules), plus
+    fields it does not declare (a real server prunes them silently; here a typo fails the test), plus
+    what KubeRay's operator refuses before it acts (`operator_errors`)."""
+    crd = validation_crd(str(obj.get("kind")))
+    if crd is None:
+        return [f"kind: not a KubeRay kind: {obj.get('kind')!r}"]
+    problems = [f"{error.field or '<root>'}: {error.reason}" for error in validate_object(crd, obj, old)]
+    return sorted(problems + operator_errors(obj), key=lambda problem: problem.partition(": ")[0])
+
+
+# What KubeRay v1.7's operator refuses although its CRDs let it in (ray-operator/controllers/ray/utils/
+# validation.go, apis/ray/v1/*_types.go), and what the Pods it would make could not be (core validation).
+_MAX_NAME = {"RayCluster": 53, "RayService": 47, "RayJob": 47}  # utils/constant.go Max*NameLength
+_UPGRADE_TYPES = ("NewClusterWithIncrementalUpgrade", "NewCluster", "None")
+_SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
+_JOB_FAILED_REASONS = (
+    "SubmissionFailed",
+    "DeadlineExceeded",
+    "PreRunningDeadlineExceeded",
+    "AppFailed",
+    "JobDeploymentStatusTransitionGracePeriodExceeded",
+    "JobStatusCheckTimeoutExceeded",
+    "ValidationFailed",
+)
+_TOLERATION_OPERATORS = ("Exists", "Equal")
+
+
+def operator_errors(obj: dict[str, Any]) -> list[str]:
+    """The KubeRay operator's own checks of an object (it marks such objects failed instead of acting)."""
+    kind = str(obj.get("kind"))
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    assert isinstance(spec, dict)
+    problems: list[str] = []
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    if len(name) > _MAX_NAME.get(kind, 253):
+        problems.append(f"metadata.name: {kind} name should be no more than {_MAX_NAME[kind]} characters")
+    cluster: Any = spec if kind == "RayCluster" else None
+    if kind == "RayService":
+        cluster = spec.get("rayClusterConfig")
+        upgrade = (spec.get("upgradeStrategy") or {}).get("type")
+        if upgrade is not None and upgrade not in _UPGRADE_TYPES:
+            problems.append(f"spec.upgradeStrategy.type: {upgrade!r} is not one of {_UPGRADE_TYPES}")
+    elif kind == "RayJob":
+        cluster = spec.get("rayClusterSpec")
+        mode = spec.get("submissionMode")
+        if mode is not None and mode not in _SUBMISSION_MODES:
+            problems.append(f"spec.submissionMode: {mode!r} is not one of {_SUBMISSION_MODES}")
+        if spec.get("ttlSecondsAfterFinished", 0) < 0:
+            problems.append("spec.ttlSecondsAfterFinished: must be a non-negative integer")
+        for deadline in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
+            if deadline in spec and spec[deadline] <= 0:
+                problems.append(f"spec.{deadline}: must be a positive integer")
+        if cluster is None and not spec.get("clusterSelector"):
+            problems.append("spec: one of RayClusterSpec or ClusterSelector must be set")
+        reason = (obj.get("status") or {}).get("reason")
+        if reason and reason not in _JOB_FAILED_REASONS:
+            problems.append(f"status.reason: KubeRay sets no reason {reason!r}")
+    if isinstance(cluster, dict):
+        problems += _cluster_errors(cluster)
+    return problems
+
+
+def _cluster_errors(cluster: dict[str, Any]) -> list[str]:
+    groups = [("headGroupSpec", cluster.get("headGroupSpec") or {})]
+    groups += [(f"workerGroupSpecs[{i}]", g) for i, g in enumerate(cluster.get("workerGroupSpecs") or [])]
+    problems: list[str] = []
+    for path, group in groups:
+        for bound in ("minReplicas", "maxReplicas"):
+            if group.get(bound, 0) < 0:
+                problems.append(f"{path}.{bound}: worker group has negative {bound}")
+        for key in group.get("rayStartParams") or {}:
+            # KubeRay writes `--{key}`: a key with dashes becomes `----num-cpus` and `ray start` fails.
+            if key.startswith("-"):
+                problems.append(f"{path}.rayStartParams[{key}]: keys are option names without dashes")
+        pod = (group.get("template") or {}).get("spec") or {}
+        for i, toleration in enumerate(pod.get("tolerations") or []):
+            operator = toleration.get("operator", "Equal")
+            if operator not in _TOLERATION_OPERATORS:
+                problems.append(
+                    f"{path}.template.spec.tolerations[{i}].operator: Unsupported value: {operator!r}"
+                )
+    return problems
 
 
 class _SchemaChecker:
-    """`schema_errors`, cheaper for the many versions of one object: everything but the status is
-    checked once per content (the resourceVersion aside: the server sets it), the status each time."""
+    """`schema_errors`, cheaper for the many versions of one object: each content is checked once (the
+    resourceVersion aside: the server sets it)."""
 
     _MAX_MEMO = 10_000
 
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self._schema = schema
-        self._status: dict[str, jsonschema.Draft202012Validator] = {}
-        for kind, definition in schema.get("$defs", {}).items():
-            status_schema = (definition.get("properties") or {}).get("status")
-            if status_schema is not None:
-                self._status[kind] = jsonschema.Draft202012Validator(
-                    {**status_schema, "$defs": schema["$defs"]}
-                )
+    def __init__(self) -> None:
         self._memo: dict[str, list[str]] = {}
 
     def errors(self, obj: dict[str, Any]) -> list[str]:
-        status_validator = self._status.get(str(obj.get("kind")))
-        if status_validator is None:
-            return schema_errors(obj, self._schema)
-        rest = {key: value for key, value in obj.items() if key != "status"}
-        metadata = rest.get("metadata")
-        unversioned = rest
+        rest = obj
+        metadata = obj.get("metadata")
         if isinstance(metadata, dict):
-            unversioned = {**rest, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
-        key = json.dumps(unversioned, sort_keys=True, default=repr)
+            rest = {**obj, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
+        key = json.dumps(rest, sort_keys=True, default=repr)
         found = self._memo.get(key)
         if found is None:
-            found = schema_errors(rest, self._schema)
+            found = schema_errors(obj)
             if len(self._memo) >= self._MAX_MEMO:
                 self._memo.clear()
             self._memo[key] = found
-        problems = list(found)
-        if "status" in obj:
-            problems += [
-                f"{'.'.join(['status', *map(str, error.absolute_path)])}: {error.message}"
-                for error in status_validator.iter_errors(obj["status"])
-            ]
-        return sorted(problems, key=lambda problem: problem.partition(": ")[0])
+        return list(found)
 
 
 @dataclass(frozen=True)
@@ -283,7 +358,7 @@ class FakeKubeRay:
         self.job_run_seconds = job_run_seconds
         self._watch_timeout = watch_timeout_seconds
         self._random = random.Random(seed)
-        self._schema = _SchemaChecker(load_schema())
+        self._schema = _SchemaChecker()
         self._lock = threading.RLock()
         self._queue = _Queue()
         self._stop = threading.Event()
