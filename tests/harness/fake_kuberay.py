@@ -7,11 +7,15 @@ way KubeRay v1 does, through the real `kubernetes` client.
   RayService. A `serveConfigV2` change is deployed in place (applications DEPLOYING -> RUNNING, same
   `activeServiceStatus.rayClusterName`); a `rayClusterConfig` change (hashed like KubeRay: replicas and
   tolerations do not count) prepares a new cluster and switches to it once it serves (zero downtime).
-  `fail_rayservice` makes the applications DEPLOY_FAILED / UNHEALTHY until the spec changes.
+  `fail_rayservice` makes the applications DEPLOY_FAILED / UNHEALTHY until the spec changes. As on a real
+  cluster, Ray decides first (`ray_checks`): a `serveConfigV2` that Ray Serve's schema refuses deploys
+  nothing (and is a violation); an application whose `import_path` does not resolve or whose `args` its
+  builder refuses is DEPLOY_FAILED with Serve's message, and a new cluster is not switched to.
 - RayJob: Initializing (cluster) -> Running (jobStatus RUNNING) -> the outcome chosen per job with
   `set_job_outcome` (default SUCCEEDED/Complete; FAILED/Failed with reason AppFailed), honouring
   activeDeadlineSeconds and deleting the cluster ttlSecondsAfterFinished after the end when
-  shutdownAfterJobFinishes is set.
+  shutdownAfterJobFinishes is set. An entrypoint `python -m X` whose module X cannot be found fails the
+  job (AppFailed, with the driver's "No module named X"), whatever outcome was chosen.
 
 Every RayService/RayJob version it sees, and every object it writes, is validated against the schema
 facts of KubeRay's released CRDs (`kuberay_schema.json`, made by `scripts/kuberay_schema.py`; the release
@@ -43,6 +47,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from controller.crds.schema import validate_object
+from tests.harness.ray_checks import app_build_error, entrypoint_error, serve_config_errors
 
 GROUP = "ray.io"
 VERSION = "v1"
@@ -600,7 +605,10 @@ class FakeKubeRay:
                 state.deployed_at = max(now, target.ready_at) + self.deploy_seconds
 
         failure = self._failure_for(namespace, name, generation)
-        if state.pending is not None and now >= state.deployed_at and failure is None:
+        # KubeRay switches to a cluster once all its applications run (Serve builds them first).
+        serve = _serve_applications(state.serve_config)
+        builds = not serve.refused and not serve.broken
+        if state.pending is not None and now >= state.deployed_at and failure is None and builds:
             previous, state.active, state.pending = state.active, state.pending, None
             if previous is not None:
                 self._delete_cluster(namespace, previous.name)
@@ -630,12 +638,10 @@ class FakeKubeRay:
     def _service_status(
         self, obj: dict[str, Any], state: _ServiceState, failure: _Failure | None, now: float
     ) -> dict[str, Any]:
-        apps = _serve_applications(state.serve_config)
-        if apps is None:
-            self._violation(
-                obj, "spec.serveConfigV2: not a Serve config with named applications and import paths"
-            )
-            apps = {}
+        serve = _serve_applications(state.serve_config)
+        for problem in serve.refused:
+            self._violation(obj, f"spec.serveConfigV2: Ray Serve refuses it: {problem}")
+        apps = serve.apps
         deployed = now >= state.deployed_at
 
         def applications(current: bool) -> dict[str, Any]:
@@ -644,7 +650,7 @@ class FakeKubeRay:
                 return _app_statuses(apps, failure.status, failure.message)
             if current and not deployed:
                 return _app_statuses(apps, "DEPLOYING", "")
-            return _app_statuses(apps, "RUNNING", "")
+            return _app_statuses(apps, "RUNNING", "", serve.broken if current else None)
 
         status: dict[str, Any] = {}
         if state.active is not None:
@@ -805,7 +811,7 @@ class FakeKubeRay:
             else:
                 wake.append(state.running_at)
         if status.get("jobDeploymentStatus") == "Running":
-            outcome = self._outcome_for(namespace, name)
+            outcome = self._outcome_for(namespace, name, str(spec.get("entrypoint") or ""))
             ends_at = state.running_at + self.job_run_seconds
             if outcome.outcome != "RUNNING" and now >= ends_at:
                 status.update(_job_end(outcome, now, status))
@@ -841,7 +847,15 @@ class FakeKubeRay:
             cluster_deleted=not spec.get("rayClusterSpec"),
         )
 
-    def _outcome_for(self, namespace: str, name: str) -> _Outcome:
+    def _outcome_for(self, namespace: str, name: str, entrypoint: str) -> _Outcome:
+        driver_error = entrypoint_error(entrypoint)
+        if driver_error is not None:
+            # The driver dies at once, whatever the test chose; KubeRay reports the job's last logs.
+            return _Outcome(
+                "FAILED",
+                "Job entrypoint command failed with exit code 1, last available logs "
+                f"(truncated to 20,000 chars):\n{driver_error}",
+            )
         return (
             self._outcomes.get((namespace, name))
             or self._outcomes.get((None, name))
@@ -978,34 +992,42 @@ def _cluster_hash(cluster_config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _ServeApps:
+    """What Ray Serve makes of a serveConfigV2 string."""
+
+    apps: dict[str, list[str]]  # application name -> deployment names the config declares
+    broken: dict[str, str]  # application name -> Serve's DEPLOY_FAILED message (import path, args)
+    refused: list[str]  # why Serve refuses the whole config (then nothing deploys)
+
+
 # Cached: the status of a RayService is computed from the same config again and again; callers only read.
 @functools.lru_cache(maxsize=1024)
-def _serve_applications(serve_config: str) -> dict[str, list[str]] | None:
-    """Application name -> deployment names declared in a serveConfigV2 string; None if it is not a valid
-    Serve config (KubeRay would fail to deploy it)."""
-    try:
-        config = yaml.safe_load(serve_config) if serve_config else {}
-    except yaml.YAMLError:
-        return None
-    if not isinstance(config, dict):
-        return None
+def _serve_applications(serve_config: str) -> _ServeApps:
+    refused = serve_config_errors(serve_config)
+    if refused:
+        return _ServeApps({}, {}, refused)
     apps: dict[str, list[str]] = {}
-    for app in config.get("applications") or []:
-        if (
-            not isinstance(app, dict)
-            or not app.get("name")
-            or not app.get("import_path")
-            or app["name"] in apps
-        ):
-            return None
-        apps[str(app["name"])] = [str(d["name"]) for d in app.get("deployments") or [] if d.get("name")]
-    return apps
+    broken: dict[str, str] = {}
+    for app in yaml.safe_load(serve_config).get("applications") or []:
+        name = str(app["name"])
+        apps[name] = [str(d["name"]) for d in app.get("deployments") or [] if d.get("name")]
+        error = app_build_error(app)
+        if error is not None:
+            broken[name] = error
+    return _ServeApps(apps, broken, [])
 
 
-def _app_statuses(apps: dict[str, list[str]], status: str, message: str) -> dict[str, Any]:
+def _app_statuses(
+    apps: dict[str, list[str]], status: str, message: str, broken: dict[str, str] | None = None
+) -> dict[str, Any]:
     deployment_status = {"RUNNING": "HEALTHY", "DEPLOYING": "UPDATING"}.get(status, "UNHEALTHY")
     result: dict[str, Any] = {}
     for app, deployments in apps.items():
+        if broken and app in broken and status != "DEPLOYING":
+            # The build task failed: Serve never created the app's deployments.
+            result[app] = {"status": "DEPLOY_FAILED", "message": broken[app]}
+            continue
         entry: dict[str, Any] = {"status": status}
         if message:
             entry["message"] = message

@@ -33,7 +33,11 @@ SERVE: dict[str, Any] = {
             "name": "llm",
             "route_prefix": "/",
             "import_path": "serve_apps.app:build_app",
-            "args": {"adapters": []},
+            "args": {
+                "name": "llm",
+                "model": {"name": "llm", "preset": "smollm2-135m-instruct"},
+                "adapters": [],
+            },
             "deployments": [{"name": "LLMDeployment"}, {"name": "Ingress"}],
         }
     ]
@@ -109,7 +113,9 @@ def plan(**overrides: Any) -> RayClusterPlan:
 
 def with_adapter(name: str) -> dict[str, Any]:
     config = copy.deepcopy(SERVE)
-    config["applications"][0]["args"]["adapters"].append({"name": name})
+    config["applications"][0]["args"]["adapters"].append(
+        {"name": name, "image": f"registry.example/{name}:1"}
+    )
     return config
 
 
@@ -247,7 +253,7 @@ def job_progress(env: Env, name: str) -> Any:
 
 
 def test_rayjob_succeeds_and_its_cluster_is_shut_down(env: Env) -> None:
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train", ttl_seconds=0))
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", ttl_seconds=0))
     states: list[str] = []
 
     def done() -> bool:
@@ -275,7 +281,7 @@ def test_rayjob_succeeds_and_its_cluster_is_shut_down(env: Env) -> None:
 def test_rayjob_failure_is_reported_with_message(env: Env) -> None:
     env.fake.set_job_outcome("tune", "FAILED", "RuntimeError: dataset is empty")
     env.kuberay.create(
-        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train", shutdown_after_finishes=False)
+        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", shutdown_after_finishes=False)
     )
     wait_for(lambda: job_progress(env, "tune").finished)
     final = job_progress(env, "tune")
@@ -290,7 +296,7 @@ def test_rayjob_failure_is_reported_with_message(env: Env) -> None:
 
 def test_rayjob_held_running_then_released(env: Env) -> None:
     env.fake.set_job_outcome("tune", "RUNNING")
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train"))
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job"))
     wait_for(lambda: job_progress(env, "tune").state == "Running")
     time.sleep(0.4)
     assert job_progress(env, "tune").state == "Running"
@@ -300,7 +306,9 @@ def test_rayjob_held_running_then_released(env: Env) -> None:
 
 def test_rayjob_deadline(env: Env) -> None:
     env.fake.set_job_outcome("tune", "RUNNING")
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m x", active_deadline_seconds=1))
+    env.kuberay.create(
+        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", active_deadline_seconds=1)
+    )
     wait_for(lambda: job_progress(env, "tune").finished, timeout=5)
     final = job_progress(env, "tune")
     assert (final.state, final.reason) == ("Failed", "DeadlineExceeded")
@@ -333,3 +341,70 @@ def test_schema_errors_helper() -> None:
         schema_errors({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "x"}, "spec": {}})
         != []
     )
+
+
+def _app_status(env: Env, name: str, app: str = "llm") -> dict[str, Any]:
+    obj = env.kuberay.get(RAYSERVICES, NS, name)
+    status = (obj or {}).get("status") or {}
+    for side in ("activeServiceStatus", "pendingServiceStatus"):
+        found = ((status.get(side) or {}).get("applicationStatuses") or {}).get(app)
+        if found and found["status"] != "DEPLOYING":
+            return cast(dict[str, Any], found)
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"import_path": "serve_apps.app:no_such_builder"}, "AttributeError: module 'serve_apps.app' has no"),
+        ({"import_path": "no_such_package.app:build_app"}, "ModuleNotFoundError: No module named"),
+        (
+            {"args": {"name": "llm", "adapters": []}},
+            "ValidationError: 1 validation error for AppConfig\nmodel",
+        ),
+        ({"args": {"name": "llm", "model": {"name": "m", "preset": "p"}, "replicas": 2}}, "replicas"),
+    ],
+)
+def test_an_app_serve_cannot_build_is_deploy_failed_and_never_ready(
+    env: Env, change: dict[str, Any], error: str
+) -> None:
+    config = copy.deepcopy(SERVE)
+    config["applications"][0].update(change)
+    env.kuberay.apply_rayservice(build_rayservice(plan(name="broken"), config))
+    app = wait_for(lambda: _app_status(env, "broken"), what="an application status")
+    assert app["status"] == "DEPLOY_FAILED"
+    assert app["message"].startswith("Deploying app 'llm' failed with exception:\n")
+    assert error in app["message"]
+    assert "serveDeploymentStatuses" not in app
+    time.sleep(0.4)
+    assert not env.health("broken").ready
+    assert env.fake.violations == []
+
+
+def test_a_broken_app_in_place_is_deploy_failed_and_fixing_it_runs_again(env: Env) -> None:
+    env.kuberay.apply_rayservice(build_rayservice(plan(), SERVE))
+    wait_for(lambda: env.health("ws").ready)
+    broken = copy.deepcopy(SERVE)
+    broken["applications"][0]["args"]["num_replicas"] = 0
+    env.kuberay.apply_rayservice(build_rayservice(plan(), broken))
+    wait_for(lambda: _app_status(env, "ws").get("status") == "DEPLOY_FAILED", what="DEPLOY_FAILED")
+    assert "num_replicas" in _app_status(env, "ws")["message"]
+    env.kuberay.apply_rayservice(build_rayservice(plan(), SERVE))
+    wait_for(lambda: env.health("ws").app_statuses == {"llm": "RUNNING"}, what="RUNNING again")
+
+
+def test_a_serve_config_ray_refuses_deploys_nothing(env: Env) -> None:
+    config = copy.deepcopy(SERVE)
+    config["applications"][0]["route_prefix"] = 8000  # Serve wants a string starting with "/"
+    env.kuberay.apply_rayservice(build_rayservice(plan(name="refused"), config))
+    wait_for(lambda: "Ray Serve refuses it" in " ".join(map(str, env.fake.violations)), what="violation")
+    assert "route_prefix" in " ".join(map(str, env.fake.violations))
+    assert not env.health("refused").ready
+
+
+def test_rayjob_whose_entrypoint_module_does_not_import_fails(env: Env) -> None:
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.no_such_job --x 1"))
+    wait_for(lambda: job_progress(env, "tune").finished)
+    final = job_progress(env, "tune")
+    assert (final.state, final.reason, final.job_status) == ("Failed", "AppFailed", "FAILED")
+    assert final.message.endswith("python: No module named tuning.no_such_job")
