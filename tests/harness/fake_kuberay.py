@@ -65,11 +65,17 @@ _Key = tuple[str, str, str]  # (plural, namespace, name)
 # --- CRDs -----------------------------------------------------------------------------------------------
 
 
-def kuberay_crds() -> list[dict[str, Any]]:
-    """Minimal ray.io/v1 CRDs (RayService, RayJob, RayCluster): namespaced, status subresource, schema that
-    keeps every field, so that a typo reaches the fake operator and is reported as a violation instead of
-    being pruned silently (the released CRDs' schemas are checked by `schema_errors`)."""
-    return [_crd("RayService", "rayservices"), _crd("RayJob", "rayjobs"), _crd("RayCluster", "rayclusters")]
+def kuberay_crds(*, released_schemas: bool = False) -> list[dict[str, Any]]:
+    """The ray.io/v1 CRDs (RayService, RayJob, RayCluster): namespaced, with the status subresource.
+
+    By default their schema keeps every field, so that a typo reaches the fake operator and is reported
+    as a violation instead of being pruned silently (the released CRDs' schemas are checked by
+    `schema_errors`). `released_schemas=True` installs the released schemas instead: the API server
+    then refuses, prunes and defaults like a cluster with KubeRay installed."""
+    kinds = (("RayService", "rayservices"), ("RayJob", "rayjobs"), ("RayCluster", "rayclusters"))
+    if released_schemas:
+        return [cast(dict[str, Any], validation_crd(kind)) for kind, _ in kinds]
+    return [_crd(kind, plural) for kind, plural in kinds]
 
 
 def _crd(kind: str, plural: str) -> dict[str, Any]:
@@ -96,10 +102,12 @@ def _crd(kind: str, plural: str) -> dict[str, Any]:
     }
 
 
-def install_crds(api_client: client.ApiClient, timeout: float = 10.0) -> None:
+def install_crds(
+    api_client: client.ApiClient, timeout: float = 10.0, *, released_schemas: bool = False
+) -> None:
     """Register the KubeRay CRDs (409 = already there) and wait until their endpoints answer."""
     api = client.CustomObjectsApi(api_client)
-    for crd in kuberay_crds():
+    for crd in kuberay_crds(released_schemas=released_schemas):
         try:
             api.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", crd)
         except ApiException as error:
@@ -128,6 +136,11 @@ def load_schema() -> dict[str, Any]:
 
 def validation_crd(kind: str) -> dict[str, Any] | None:
     """The released CRD of `kind` as far as validation goes: its ray.io/v1 schema, without the prose."""
+    return copy.deepcopy(_released_crd(kind))
+
+
+@functools.cache
+def _released_crd(kind: str) -> dict[str, Any] | None:
     schema = load_schema()["schemas"].get(kind)
     if schema is None:
         return None
@@ -141,7 +154,7 @@ def schema_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> lis
     strings: what the released CRD refuses (structure, types, enums, required fields, CEL rules), plus
     fields it does not declare (a real server prunes them silently; here a typo fails the test), plus
     what KubeRay's operator refuses before it acts (`operator_errors`)."""
-    crd = validation_crd(str(obj.get("kind")))
+    crd = _released_crd(str(obj.get("kind")))
     if crd is None:
         return [f"kind: not a KubeRay kind: {obj.get('kind')!r}"]
     problems = [f"{error.field or '<root>'}: {error.reason}" for error in validate_object(crd, obj, old)]
