@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kuberay import (
     RAYJOBS,
@@ -23,7 +25,7 @@ from kuberay import (
     rayservice_health,
 )
 from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, schema_errors
+from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, load_schema, schema_errors
 
 T = TypeVar("T")
 NS = "default"
@@ -408,3 +410,39 @@ def test_rayjob_whose_entrypoint_module_does_not_import_fails(env: Env) -> None:
     final = job_progress(env, "tune")
     assert (final.state, final.reason, final.job_status) == ("Failed", "AppFailed", "FAILED")
     assert final.message.endswith("python: No module named tuning.no_such_job")
+
+
+def test_released_schemas_make_the_server_refuse_prune_and_default_like_kuberay() -> None:
+    with FakeApiServer() as server, server.api_client() as api:
+        install_crds(api, released_schemas=True)
+        kuberay = KubeRayClient(api)
+        bad = build_rayservice(plan(name="bad"), SERVE)
+        bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "two"
+        with pytest.raises(ApiException) as refused:
+            kuberay.create(RAYSERVICES, bad)
+        assert refused.value.status == 422
+        assert "workerGroupSpecs[0].replicas" in str(refused.value.body)
+
+        job = build_rayjob(plan(name="tune"), "python -m tuning.job")
+        job["spec"]["managedBy"] = "someone-else"  # a CEL rule of the released RayJob CRD
+        with pytest.raises(ApiException) as cel:
+            kuberay.create(RAYJOBS, job)
+        assert cel.value.status == 422
+        assert "managedBy field value must be either" in str(cel.value.body)
+
+        typo = build_rayservice(plan(name="typo"), SERVE)
+        typo["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replica"] = 2
+        stored = kuberay.create(RAYSERVICES, typo)
+        worker = stored["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+        assert "replica" not in worker  # pruned, as a real server does
+        assert worker["numOfHosts"] == 1  # the CRD's default
+        assert schema_errors(typo) != []  # which is why the fake's own check is stricter
+
+
+def test_schema_facts_name_the_release_and_keep_no_prose() -> None:
+    facts = load_schema()
+    assert facts["kuberay"] == "v1.7.0"
+    assert set(facts["schemas"]) == {"RayService", "RayJob", "RayCluster"}
+    text = json.dumps(facts["schemas"])
+    assert '"description"' not in text
+    assert "x-kubernetes-validations" in text
