@@ -244,19 +244,23 @@ class _SchemaChecker:
     def __init__(self) -> None:
         self._memo: dict[str, list[str]] = {}
 
-    def errors(self, obj: dict[str, Any]) -> list[str]:
-        rest = obj
-        metadata = obj.get("metadata")
-        if isinstance(metadata, dict):
-            rest = {**obj, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
-        key = json.dumps(rest, sort_keys=True, default=repr)
+    def errors(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+        """`old`: the version before, for the CEL transition rules (`oldSelf`)."""
+        key = json.dumps([_unversioned(obj), old and _unversioned(old)], sort_keys=True, default=repr)
         found = self._memo.get(key)
         if found is None:
-            found = schema_errors(obj)
+            found = schema_errors(obj, old)
             if len(self._memo) >= self._MAX_MEMO:
                 self._memo.clear()
             self._memo[key] = found
         return list(found)
+
+
+def _unversioned(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return obj
+    return {**obj, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
 
 
 @dataclass(frozen=True)
@@ -387,6 +391,8 @@ class FakeKubeRay:
         self._failures: dict[tuple[str | None, str], _Failure] = {}
         self._outcomes: dict[tuple[str | None, str], _Outcome] = {}
         self._seen_versions: set[tuple[str, str, str, str]] = set()
+        # The last version checked of each object, for the CEL transition rules of the next one.
+        self._last_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
         # What the watches last saw of each object that KubeRay reacts to (see `_observe`).
         self._observed: dict[_Key, str] = {}
         self.violations: list[Violation] = []
@@ -897,7 +903,9 @@ class FakeKubeRay:
         if seen in self._seen_versions:
             return
         self._seen_versions.add(seen)
-        for problem in self._schema.errors(obj):
+        old = self._last_seen.get(seen[:3])
+        self._last_seen[seen[:3]] = obj
+        for problem in self._schema.errors(obj, old):
             self._violation(obj, problem)
 
     def _violation(self, obj: dict[str, Any], problem: str) -> None:

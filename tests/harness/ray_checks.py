@@ -69,7 +69,7 @@ def _check_app(import_path: str, args: dict[str, Any]) -> None:
         raise ModuleNotFoundError(f"No module named '{module_name}'")
     if spec.origin is None or not spec.origin.endswith(".py"):
         return  # a namespace package or an extension module: nothing to read without running it
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    tree = _parsed(spec.origin)
     node = _top_level(tree, attr)
     if node is None:
         raise AttributeError(f"module '{module_name}' has no attribute '{attr}'")
@@ -88,6 +88,11 @@ def _check_app(import_path: str, args: dict[str, Any]) -> None:
         )
     for model in _argument_models(tree, node, parameters[0]):
         model.model_validate(args)
+
+
+@functools.cache
+def _parsed(path: str) -> ast.Module:
+    return ast.parse(Path(path).read_text(encoding="utf-8"))
 
 
 def _top_level(tree: ast.Module, name: str) -> ast.stmt | None:

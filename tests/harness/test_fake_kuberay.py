@@ -446,3 +446,16 @@ def test_schema_facts_name_the_release_and_keep_no_prose() -> None:
     text = json.dumps(facts["schemas"])
     assert '"description"' not in text
     assert "x-kubernetes-validations" in text
+
+
+def test_cel_transition_rules_compare_with_the_version_before(env: Env) -> None:
+    job = build_rayjob(plan(name="tune"), "python -m tuning.job")
+    job["spec"]["managedBy"] = "ray.io/kuberay-operator"
+    env.fake.set_job_outcome("tune", "RUNNING")
+    env.kuberay.create(RAYJOBS, job)
+    wait_for(lambda: job_progress(env, "tune").started, what="the job picked up")
+    env.kuberay.patch(RAYJOBS, NS, "tune", {"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}})
+    wait_for(
+        lambda: "the managedBy field is immutable" in " ".join(map(str, env.fake.violations)),
+        what="the transition rule",
+    )
