@@ -105,6 +105,17 @@ def failure_from_pool(pool: aks.AgentPool) -> AzureFailure:
     )
 
 
+def retry_after(exc: AzureError) -> float:
+    """The seconds a 429/503 answer's Retry-After asks for (0 when absent or not a number of seconds)."""
+    response = exc.response if isinstance(exc, HttpResponseError) else None
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("Retry-After")
+    try:
+        return max(float(value), 0.0) if value else 0.0
+    except ValueError:
+        return 0.0  # an HTTP date: rare from ARM, and the backoff still applies
+
+
 def is_loopback_url(url: str) -> bool:
     """True when `url` points at this machine (localhost or a loopback address)."""
     host = urlsplit(url).hostname or ""
@@ -218,7 +229,7 @@ class AksProvisioner:
         try:
             pool = await self._get(name)
         except AzureError as exc:
-            return self._record_failure(req, state, failure_from_exception(exc))
+            return self._record_failure(req, state, failure_from_exception(exc), retry_after(exc))
 
         if pool is None:
             return await self._write(
@@ -328,17 +339,21 @@ class AksProvisioner:
             if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 message = f"agent pool {name} already exists"
                 return NodeReport.of(req, False, Reason.POOL_PROVISIONING, message, retry=self._poll)
-            return self._record_failure(req, state, failure_from_exception(exc))
+            return self._record_failure(req, state, failure_from_exception(exc), retry_after(exc))
         # `attempts` stays until the pool succeeds, so that a failure after this retry backs off longer.
         state.retry_at = None
         state.failure = None
         return NodeReport.of(req, False, Reason.POOL_PROVISIONING, action, retry=self._poll)
 
-    def _record_failure(self, req: NodeRequest, state: _RetryState, failure: AzureFailure) -> NodeReport:
+    def _record_failure(
+        self, req: NodeRequest, state: _RetryState, failure: AzureFailure, not_before: float = 0.0
+    ) -> NodeReport:
+        """`not_before`: seconds ARM asked to wait (Retry-After of a throttled answer the SDK gave up on)."""
         state.attempts += 1
         state.failure = failure
         now = self._clock()
-        state.retry_at = now + backoff_seconds(state.attempts, self._backoff_base, self._backoff_max)
+        backoff = backoff_seconds(state.attempts, self._backoff_base, self._backoff_max)
+        state.retry_at = now + max(backoff, not_before)
         log.warning("agent pool for Workspace %s/%s: %s", req.namespace, req.name, failure.describe())
         return self._failure_report(req, state, now)
 

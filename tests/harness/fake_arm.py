@@ -5,6 +5,12 @@ DELETE, long-running operations through `Azure-AsyncOperation` (and `Location` f
 error bodies, bearer-token checks and `If-None-Match: *`. Operations advance when someone looks:
 each GET of the pool or of its operation counts as one poll, so a controller that only GETs the pool
 sees it go Creating → Succeeded just like one that polls the operation.
+
+It refuses what ARM refuses, with ARM's 400 and error body: a vmSize that is neither in kairay's SKU
+catalog nor named like an Azure size, a count outside 0..1000 (1..1000 for System pools), values
+outside the API's enums (mode, osType, osSKU, type, scaleSetPriority), pool names AKS does not allow
+(lowercase alphanumeric starting with a letter, at most 12 characters, 6 for Windows). Tests can make it
+throttle (429 with Retry-After, like ARM's per-subscription limits) and make deletes fail.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 # The controller's own loopback auth, so that these tests exercise what `kairay controller` runs with.
 from controller.nodes.aks import ARM_SCOPE, LoopbackAuthenticationPolicy
+from presets.skus import SKUS
 
 FAKE_TOKEN = "fake-arm-token"
 LOCATION = "eastus"
@@ -41,6 +48,25 @@ _OPERATION_PATH = re.compile(
     re.IGNORECASE,
 )
 _BUSY_STATES = {"Creating", "Updating", "Deleting"}
+# Azure's size names: Standard_<family><vCPUs>[-<constrained vCPUs>]<features>[_<accelerator>][_v<n>]
+# (Standard_D4s_v3, Standard_M128-64ms, Standard_NC24ads_A100_v4, Standard_DS2_v2); families A..N.
+_AZURE_VM_SIZE = re.compile(
+    r"^Standard_[ABDEFGHLMN][A-Z]{0,2}[0-9]{1,3}(-[0-9]+)?[a-z]*(_[A-Z]+[0-9]+[A-Z]?)?(_v[0-9]+)?$"
+)
+_KNOWN_VM_SIZES = {name.lower() for name in SKUS}
+_MAX_COUNT = 1000
+# The AgentPool API's enums (2024-xx api-versions), as ARM checks them on PUT.
+_ENUMS = {
+    "mode": ("System", "User", "Gateway"),
+    "osType": ("Linux", "Windows"),
+    "osSKU": ("Ubuntu", "AzureLinux", "CBLMariner", "Windows2019", "Windows2022", "WindowsAnnual"),
+    "type": ("VirtualMachineScaleSets", "AvailabilitySet", "VirtualMachines"),
+    "scaleSetPriority": ("Spot", "Regular"),
+    "scaleSetEvictionPolicy": ("Delete", "Deallocate"),
+    "osDiskType": ("Managed", "Ephemeral"),
+    "kubeletDiskType": ("OS", "Temporary"),
+}
+_POOL_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 # Fields only the service sets; a PUT body carrying them does not change them.
 _READ_ONLY = {"provisioningState", "status", "currentOrchestratorVersion", "nodeImageVersion", "powerState"}
 
@@ -110,9 +136,10 @@ class _Operation:
 
 
 class _ArmError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
         self.body = {"error": {"code": code, "message": message}}
 
 
@@ -135,6 +162,11 @@ class FakeArm:
         self._operations: dict[str, _Operation] = {}
         self._requests: list[RecordedRequest] = []
         self._put_faults: list[_Fault] = []
+        self._delete_faults: list[_Fault] = []
+        self.throttle_every = 0  # answer every Nth request 429 (0: never)
+        self.throttled = False  # answer every request 429 while set
+        self.retry_after_seconds = 1
+        self._counted = 0
         self._operation_fault: dict[str, str] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -182,9 +214,19 @@ class FakeArm:
         with self._lock:
             self._operation_fault = {"code": code, "message": message or f"fake {code}"}
 
+    def fail_next_delete(
+        self, code: str = "OperationNotAllowed", message: str | None = None, status: int = 409
+    ) -> None:
+        """The next DELETE of an existing pool answers `status` with this Azure error, and the pool stays."""
+        with self._lock:
+            self._delete_faults.append(_Fault(code, message or f"fake {code}", status))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._put_faults.clear()
+            self._delete_faults.clear()
+            self.throttle_every = 0
+            self.throttled = False
             self._operation_fault = None
 
     # inspection
@@ -222,7 +264,7 @@ class FakeArm:
             try:
                 status, headers, body = self._dispatch(req, callbacks)
             except _ArmError as err:
-                status, headers, body = err.status, {}, err.body
+                status, headers, body = err.status, err.headers, err.body
             req.status = status
             self._requests.append(req)
         for callback in callbacks:
@@ -235,6 +277,14 @@ class FakeArm:
         if req.headers.get("authorization") != f"Bearer {self.token}":
             raise _ArmError(
                 401, "AuthenticationFailed", "Authentication failed: missing or invalid bearer token."
+            )
+        self._counted += 1
+        if self.throttled or (self.throttle_every and self._counted % self.throttle_every == 0):
+            raise _ArmError(
+                429,
+                "TooManyRequests",
+                "The request is being throttled as the limit has been reached for operation type.",
+                {"Retry-After": str(self.retry_after_seconds)},
             )
         if "api-version" not in req.query:
             raise _ArmError(400, "MissingApiVersionParameter", "The api-version query parameter is required.")
@@ -275,7 +325,7 @@ class FakeArm:
                 "OperationNotAllowed",
                 f"Operation is not allowed because there's an in progress operation on agent pool {name}.",
             )
-        props = _validated_properties(req.body, existing)
+        props = _validated_properties(name, req.body, existing)
         creating = existing is None
         resource = {
             "id": req.path,
@@ -305,6 +355,9 @@ class FakeArm:
         resource = self._pools.get(key)
         if resource is None:
             return 204, {}, None
+        if self._delete_faults:
+            fault = self._delete_faults.pop(0)
+            raise _ArmError(fault.status, fault.code, fault.message)
         for op in self._operations.values():
             if op.pool_key == key and op.status == "InProgress":
                 op.status = "Canceled"
@@ -384,16 +437,43 @@ class FakeArm:
             callbacks.append(lambda: succeeded_hook(name, snapshot))
 
 
-def _validated_properties(body: Any, existing: dict[str, Any] | None) -> dict[str, Any]:
+def _invalid(parameter: str, detail: str) -> _ArmError:
+    return _ArmError(
+        400, "InvalidParameter", f"The value of parameter agentPoolProfile.{parameter} is invalid. {detail}"
+    )
+
+
+def _validated_properties(name: str, body: Any, existing: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
         raise _ArmError(400, "InvalidRequestContent", "The request body must have a 'properties' object.")
     props = {k: v for k, v in body["properties"].items() if k not in _READ_ONLY}
+    for field_name, allowed in _ENUMS.items():
+        value = props.get(field_name)
+        if value is not None and value not in allowed:
+            raise _invalid(field_name, f"'{value}' is not one of {', '.join(allowed)}.")
+    windows = (props.get("osType") or (existing or {}).get("properties", {}).get("osType")) == "Windows"
+    longest = 6 if windows else 12
+    if not _POOL_NAME.match(name) or len(name) > longest:
+        raise _ArmError(
+            400,
+            "InvalidAgentPoolName",
+            f"Agent pool name '{name}' is invalid: it must start with a lowercase letter, contain only "
+            f"lowercase letters and numbers, and be at most {longest} characters long.",
+        )
     count = props.get("count")
-    if not isinstance(count, int) or count < 0:
-        raise _ArmError(400, "InvalidParameter", "The value of parameter count is invalid.")
+    least = 1 if props.get("mode") == "System" else 0
+    if isinstance(count, bool) or not isinstance(count, int) or not least <= count <= _MAX_COUNT:
+        raise _invalid("count", f"Count must be between {least} and {_MAX_COUNT}.")
     if existing is None:
-        if not props.get("vmSize"):
+        vm_size = props.get("vmSize")
+        if not vm_size:
             raise _ArmError(400, "InvalidParameter", "The value of parameter vmSize is required.")
+        if str(vm_size).lower() not in _KNOWN_VM_SIZES and not _AZURE_VM_SIZE.match(str(vm_size)):
+            raise _ArmError(
+                400,
+                "VMSizeNotSupported",
+                f"Virtual Machine size: '{vm_size}' is not supported for agent pool '{name}' in {LOCATION}.",
+            )
     elif (
         props.get("vmSize", existing["properties"]["vmSize"]).lower()
         != existing["properties"]["vmSize"].lower()

@@ -7,14 +7,20 @@ way KubeRay v1 does, through the real `kubernetes` client.
   RayService. A `serveConfigV2` change is deployed in place (applications DEPLOYING -> RUNNING, same
   `activeServiceStatus.rayClusterName`); a `rayClusterConfig` change (hashed like KubeRay: replicas and
   tolerations do not count) prepares a new cluster and switches to it once it serves (zero downtime).
-  `fail_rayservice` makes the applications DEPLOY_FAILED / UNHEALTHY until the spec changes.
+  `fail_rayservice` makes the applications DEPLOY_FAILED / UNHEALTHY until the spec changes. As on a real
+  cluster, Ray decides first (`ray_checks`): a `serveConfigV2` that Ray Serve's schema refuses deploys
+  nothing (and is a violation); an application whose `import_path` does not resolve or whose `args` its
+  builder refuses is DEPLOY_FAILED with Serve's message, and a new cluster is not switched to.
 - RayJob: Initializing (cluster) -> Running (jobStatus RUNNING) -> the outcome chosen per job with
   `set_job_outcome` (default SUCCEEDED/Complete; FAILED/Failed with reason AppFailed), honouring
   activeDeadlineSeconds and deleting the cluster ttlSecondsAfterFinished after the end when
-  shutdownAfterJobFinishes is set.
+  shutdownAfterJobFinishes is set. An entrypoint `python -m X` whose module X cannot be found fails the
+  job (AppFailed, with the driver's "No module named X"), whatever outcome was chosen.
 
-Every RayService/RayJob version it sees, and every object it writes, is validated against
-`kuberay_schema.json`; problems are collected in `violations` (tests assert it stays empty). Unexpected
+Every RayService/RayJob version it sees, and every object it writes, is validated against the schema
+facts of KubeRay's released CRDs (`kuberay_schema.json`, made by `scripts/kuberay_schema.py`; the release
+is named at its top) and the operator's own checks; problems are collected in `violations` (tests assert
+it stays empty). Unexpected
 errors in its threads are collected in `errors`.
 """
 
@@ -36,10 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import jsonschema
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from controller.crds.schema import validate_object
+from tests.harness.ray_checks import app_build_error, entrypoint_error, serve_config_errors
 
 GROUP = "ray.io"
 VERSION = "v1"
@@ -57,10 +65,17 @@ _Key = tuple[str, str, str]  # (plural, namespace, name)
 # --- CRDs -----------------------------------------------------------------------------------------------
 
 
-def kuberay_crds() -> list[dict[str, Any]]:
-    """Minimal ray.io/v1 CRDs (RayService, RayJob, RayCluster): namespaced, status subresource, schema that
-    keeps every field (the real CRDs' structure is checked by `kuberay_schema.json` instead)."""
-    return [_crd("RayService", "rayservices"), _crd("RayJob", "rayjobs"), _crd("RayCluster", "rayclusters")]
+def kuberay_crds(*, released_schemas: bool = False) -> list[dict[str, Any]]:
+    """The ray.io/v1 CRDs (RayService, RayJob, RayCluster): namespaced, with the status subresource.
+
+    By default their schema keeps every field, so that a typo reaches the fake operator and is reported
+    as a violation instead of being pruned silently (the released CRDs' schemas are checked by
+    `schema_errors`). `released_schemas=True` installs the released schemas instead: the API server
+    then refuses, prunes and defaults like a cluster with KubeRay installed."""
+    kinds = (("RayService", "rayservices"), ("RayJob", "rayjobs"), ("RayCluster", "rayclusters"))
+    if released_schemas:
+        return [cast(dict[str, Any], validation_crd(kind)) for kind, _ in kinds]
+    return [_crd(kind, plural) for kind, plural in kinds]
 
 
 def _crd(kind: str, plural: str) -> dict[str, Any]:
@@ -87,10 +102,12 @@ def _crd(kind: str, plural: str) -> dict[str, Any]:
     }
 
 
-def install_crds(api_client: client.ApiClient, timeout: float = 10.0) -> None:
+def install_crds(
+    api_client: client.ApiClient, timeout: float = 10.0, *, released_schemas: bool = False
+) -> None:
     """Register the KubeRay CRDs (409 = already there) and wait until their endpoints answer."""
     api = client.CustomObjectsApi(api_client)
-    for crd in kuberay_crds():
+    for crd in kuberay_crds(released_schemas=released_schemas):
         try:
             api.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", crd)
         except ApiException as error:
@@ -111,59 +128,139 @@ def install_crds(api_client: client.ApiClient, timeout: float = 10.0) -> None:
 # --- schema ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def load_schema() -> dict[str, Any]:
+    """The schema facts of KubeRay's released CRDs (see `scripts/kuberay_schema.py`)."""
     return cast(dict[str, Any], json.loads(SCHEMA_PATH.read_text()))
 
 
-def schema_errors(obj: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
-    """Schema problems of one RayService/RayJob/RayCluster, as `path: message` strings."""
-    validator = jsonschema.Draft202012Validator(schema or load_schema())
-    return [
-        f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
-        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-    ]
+def validation_crd(kind: str) -> dict[str, Any] | None:
+    """The released CRD of `kind` as far as validation goes: its ray.io/v1 schema, without the prose."""
+    return copy.deepcopy(_released_crd(kind))
+
+
+@functools.cache
+def _released_crd(kind: str) -> dict[str, Any] | None:
+    schema = load_schema()["schemas"].get(kind)
+    if schema is None:
+        return None
+    crd = _crd(kind, f"{kind.lower()}s")
+    crd["spec"]["versions"][0]["schema"] = {"openAPIV3Schema": schema}
+    return crd
+
+
+def schema_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Problems of one RayService/RayJob/RayCluster (created, or updated from `old`), as `path: message`
+    strings: what the released CRD refuses (structure, types, enums, required fields, CEL rules), plus
+    fields it does not declare (a real server prunes them silently; here a typo fails the test), plus
+    what KubeRay's operator refuses before it acts (`operator_errors`)."""
+    crd = _released_crd(str(obj.get("kind")))
+    if crd is None:
+        return [f"kind: not a KubeRay kind: {obj.get('kind')!r}"]
+    problems = [f"{error.field or '<root>'}: {error.reason}" for error in validate_object(crd, obj, old)]
+    return sorted(problems + operator_errors(obj), key=lambda problem: problem.partition(": ")[0])
+
+
+# What KubeRay v1.7's operator refuses although its CRDs let it in (ray-operator/controllers/ray/utils/
+# validation.go, apis/ray/v1/*_types.go), and what the Pods it would make could not be (core validation).
+_MAX_NAME = {"RayCluster": 53, "RayService": 47, "RayJob": 47}  # utils/constant.go Max*NameLength
+_UPGRADE_TYPES = ("NewClusterWithIncrementalUpgrade", "NewCluster", "None")
+_SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
+_JOB_FAILED_REASONS = (
+    "SubmissionFailed",
+    "DeadlineExceeded",
+    "PreRunningDeadlineExceeded",
+    "AppFailed",
+    "JobDeploymentStatusTransitionGracePeriodExceeded",
+    "JobStatusCheckTimeoutExceeded",
+    "ValidationFailed",
+)
+_TOLERATION_OPERATORS = ("Exists", "Equal")
+
+
+def operator_errors(obj: dict[str, Any]) -> list[str]:
+    """The KubeRay operator's own checks of an object (it marks such objects failed instead of acting)."""
+    kind = str(obj.get("kind"))
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    assert isinstance(spec, dict)
+    problems: list[str] = []
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    if len(name) > _MAX_NAME.get(kind, 253):
+        problems.append(f"metadata.name: {kind} name should be no more than {_MAX_NAME[kind]} characters")
+    cluster: Any = spec if kind == "RayCluster" else None
+    if kind == "RayService":
+        cluster = spec.get("rayClusterConfig")
+        upgrade = (spec.get("upgradeStrategy") or {}).get("type")
+        if upgrade is not None and upgrade not in _UPGRADE_TYPES:
+            problems.append(f"spec.upgradeStrategy.type: {upgrade!r} is not one of {_UPGRADE_TYPES}")
+    elif kind == "RayJob":
+        cluster = spec.get("rayClusterSpec")
+        mode = spec.get("submissionMode")
+        if mode is not None and mode not in _SUBMISSION_MODES:
+            problems.append(f"spec.submissionMode: {mode!r} is not one of {_SUBMISSION_MODES}")
+        if spec.get("ttlSecondsAfterFinished", 0) < 0:
+            problems.append("spec.ttlSecondsAfterFinished: must be a non-negative integer")
+        for deadline in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
+            if deadline in spec and spec[deadline] <= 0:
+                problems.append(f"spec.{deadline}: must be a positive integer")
+        if cluster is None and not spec.get("clusterSelector"):
+            problems.append("spec: one of RayClusterSpec or ClusterSelector must be set")
+        reason = (obj.get("status") or {}).get("reason")
+        if reason and reason not in _JOB_FAILED_REASONS:
+            problems.append(f"status.reason: KubeRay sets no reason {reason!r}")
+    if isinstance(cluster, dict):
+        problems += _cluster_errors(cluster)
+    return problems
+
+
+def _cluster_errors(cluster: dict[str, Any]) -> list[str]:
+    groups = [("headGroupSpec", cluster.get("headGroupSpec") or {})]
+    groups += [(f"workerGroupSpecs[{i}]", g) for i, g in enumerate(cluster.get("workerGroupSpecs") or [])]
+    problems: list[str] = []
+    for path, group in groups:
+        for bound in ("minReplicas", "maxReplicas"):
+            if group.get(bound, 0) < 0:
+                problems.append(f"{path}.{bound}: worker group has negative {bound}")
+        for key in group.get("rayStartParams") or {}:
+            # KubeRay writes `--{key}`: a key with dashes becomes `----num-cpus` and `ray start` fails.
+            if key.startswith("-"):
+                problems.append(f"{path}.rayStartParams[{key}]: keys are option names without dashes")
+        pod = (group.get("template") or {}).get("spec") or {}
+        for i, toleration in enumerate(pod.get("tolerations") or []):
+            operator = toleration.get("operator", "Equal")
+            if operator not in _TOLERATION_OPERATORS:
+                problems.append(
+                    f"{path}.template.spec.tolerations[{i}].operator: Unsupported value: {operator!r}"
+                )
+    return problems
 
 
 class _SchemaChecker:
-    """`schema_errors`, cheaper for the many versions of one object: everything but the status is
-    checked once per content (the resourceVersion aside: the server sets it), the status each time."""
+    """`schema_errors`, cheaper for the many versions of one object: each content is checked once (the
+    resourceVersion aside: the server sets it)."""
 
     _MAX_MEMO = 10_000
 
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self._schema = schema
-        self._status: dict[str, jsonschema.Draft202012Validator] = {}
-        for kind, definition in schema.get("$defs", {}).items():
-            status_schema = (definition.get("properties") or {}).get("status")
-            if status_schema is not None:
-                self._status[kind] = jsonschema.Draft202012Validator(
-                    {**status_schema, "$defs": schema["$defs"]}
-                )
+    def __init__(self) -> None:
         self._memo: dict[str, list[str]] = {}
 
-    def errors(self, obj: dict[str, Any]) -> list[str]:
-        status_validator = self._status.get(str(obj.get("kind")))
-        if status_validator is None:
-            return schema_errors(obj, self._schema)
-        rest = {key: value for key, value in obj.items() if key != "status"}
-        metadata = rest.get("metadata")
-        unversioned = rest
-        if isinstance(metadata, dict):
-            unversioned = {**rest, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
-        key = json.dumps(unversioned, sort_keys=True, default=repr)
+    def errors(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+        """`old`: the version before, for the CEL transition rules (`oldSelf`)."""
+        key = json.dumps([_unversioned(obj), old and _unversioned(old)], sort_keys=True, default=repr)
         found = self._memo.get(key)
         if found is None:
-            found = schema_errors(rest, self._schema)
+            found = schema_errors(obj, old)
             if len(self._memo) >= self._MAX_MEMO:
                 self._memo.clear()
             self._memo[key] = found
-        problems = list(found)
-        if "status" in obj:
-            problems += [
-                f"{'.'.join(['status', *map(str, error.absolute_path)])}: {error.message}"
-                for error in status_validator.iter_errors(obj["status"])
-            ]
-        return sorted(problems, key=lambda problem: problem.partition(": ")[0])
+        return list(found)
+
+
+def _unversioned(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return obj
+    return {**obj, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
 
 
 @dataclass(frozen=True)
@@ -283,7 +380,7 @@ class FakeKubeRay:
         self.job_run_seconds = job_run_seconds
         self._watch_timeout = watch_timeout_seconds
         self._random = random.Random(seed)
-        self._schema = _SchemaChecker(load_schema())
+        self._schema = _SchemaChecker()
         self._lock = threading.RLock()
         self._queue = _Queue()
         self._stop = threading.Event()
@@ -294,6 +391,8 @@ class FakeKubeRay:
         self._failures: dict[tuple[str | None, str], _Failure] = {}
         self._outcomes: dict[tuple[str | None, str], _Outcome] = {}
         self._seen_versions: set[tuple[str, str, str, str]] = set()
+        # The last version checked of each object, for the CEL transition rules of the next one.
+        self._last_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
         # What the watches last saw of each object that KubeRay reacts to (see `_observe`).
         self._observed: dict[_Key, str] = {}
         self.violations: list[Violation] = []
@@ -525,7 +624,10 @@ class FakeKubeRay:
                 state.deployed_at = max(now, target.ready_at) + self.deploy_seconds
 
         failure = self._failure_for(namespace, name, generation)
-        if state.pending is not None and now >= state.deployed_at and failure is None:
+        # KubeRay switches to a cluster once all its applications run (Serve builds them first).
+        serve = _serve_applications(state.serve_config)
+        builds = not serve.refused and not serve.broken
+        if state.pending is not None and now >= state.deployed_at and failure is None and builds:
             previous, state.active, state.pending = state.active, state.pending, None
             if previous is not None:
                 self._delete_cluster(namespace, previous.name)
@@ -555,12 +657,10 @@ class FakeKubeRay:
     def _service_status(
         self, obj: dict[str, Any], state: _ServiceState, failure: _Failure | None, now: float
     ) -> dict[str, Any]:
-        apps = _serve_applications(state.serve_config)
-        if apps is None:
-            self._violation(
-                obj, "spec.serveConfigV2: not a Serve config with named applications and import paths"
-            )
-            apps = {}
+        serve = _serve_applications(state.serve_config)
+        for problem in serve.refused:
+            self._violation(obj, f"spec.serveConfigV2: Ray Serve refuses it: {problem}")
+        apps = serve.apps
         deployed = now >= state.deployed_at
 
         def applications(current: bool) -> dict[str, Any]:
@@ -569,7 +669,7 @@ class FakeKubeRay:
                 return _app_statuses(apps, failure.status, failure.message)
             if current and not deployed:
                 return _app_statuses(apps, "DEPLOYING", "")
-            return _app_statuses(apps, "RUNNING", "")
+            return _app_statuses(apps, "RUNNING", "", serve.broken if current else None)
 
         status: dict[str, Any] = {}
         if state.active is not None:
@@ -730,7 +830,7 @@ class FakeKubeRay:
             else:
                 wake.append(state.running_at)
         if status.get("jobDeploymentStatus") == "Running":
-            outcome = self._outcome_for(namespace, name)
+            outcome = self._outcome_for(namespace, name, str(spec.get("entrypoint") or ""))
             ends_at = state.running_at + self.job_run_seconds
             if outcome.outcome != "RUNNING" and now >= ends_at:
                 status.update(_job_end(outcome, now, status))
@@ -766,7 +866,15 @@ class FakeKubeRay:
             cluster_deleted=not spec.get("rayClusterSpec"),
         )
 
-    def _outcome_for(self, namespace: str, name: str) -> _Outcome:
+    def _outcome_for(self, namespace: str, name: str, entrypoint: str) -> _Outcome:
+        driver_error = entrypoint_error(entrypoint)
+        if driver_error is not None:
+            # The driver dies at once, whatever the test chose; KubeRay reports the job's last logs.
+            return _Outcome(
+                "FAILED",
+                "Job entrypoint command failed with exit code 1, last available logs "
+                f"(truncated to 20,000 chars):\n{driver_error}",
+            )
         return (
             self._outcomes.get((namespace, name))
             or self._outcomes.get((None, name))
@@ -795,7 +903,9 @@ class FakeKubeRay:
         if seen in self._seen_versions:
             return
         self._seen_versions.add(seen)
-        for problem in self._schema.errors(obj):
+        old = self._last_seen.get(seen[:3])
+        self._last_seen[seen[:3]] = obj
+        for problem in self._schema.errors(obj, old):
             self._violation(obj, problem)
 
     def _violation(self, obj: dict[str, Any], problem: str) -> None:
@@ -903,34 +1013,42 @@ def _cluster_hash(cluster_config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _ServeApps:
+    """What Ray Serve makes of a serveConfigV2 string."""
+
+    apps: dict[str, list[str]]  # application name -> deployment names the config declares
+    broken: dict[str, str]  # application name -> Serve's DEPLOY_FAILED message (import path, args)
+    refused: list[str]  # why Serve refuses the whole config (then nothing deploys)
+
+
 # Cached: the status of a RayService is computed from the same config again and again; callers only read.
 @functools.lru_cache(maxsize=1024)
-def _serve_applications(serve_config: str) -> dict[str, list[str]] | None:
-    """Application name -> deployment names declared in a serveConfigV2 string; None if it is not a valid
-    Serve config (KubeRay would fail to deploy it)."""
-    try:
-        config = yaml.safe_load(serve_config) if serve_config else {}
-    except yaml.YAMLError:
-        return None
-    if not isinstance(config, dict):
-        return None
+def _serve_applications(serve_config: str) -> _ServeApps:
+    refused = serve_config_errors(serve_config)
+    if refused:
+        return _ServeApps({}, {}, refused)
     apps: dict[str, list[str]] = {}
-    for app in config.get("applications") or []:
-        if (
-            not isinstance(app, dict)
-            or not app.get("name")
-            or not app.get("import_path")
-            or app["name"] in apps
-        ):
-            return None
-        apps[str(app["name"])] = [str(d["name"]) for d in app.get("deployments") or [] if d.get("name")]
-    return apps
+    broken: dict[str, str] = {}
+    for app in yaml.safe_load(serve_config).get("applications") or []:
+        name = str(app["name"])
+        apps[name] = [str(d["name"]) for d in app.get("deployments") or [] if d.get("name")]
+        error = app_build_error(app)
+        if error is not None:
+            broken[name] = error
+    return _ServeApps(apps, broken, [])
 
 
-def _app_statuses(apps: dict[str, list[str]], status: str, message: str) -> dict[str, Any]:
+def _app_statuses(
+    apps: dict[str, list[str]], status: str, message: str, broken: dict[str, str] | None = None
+) -> dict[str, Any]:
     deployment_status = {"RUNNING": "HEALTHY", "DEPLOYING": "UPDATING"}.get(status, "UNHEALTHY")
     result: dict[str, Any] = {}
     for app, deployments in apps.items():
+        if broken and app in broken and status != "DEPLOYING":
+            # The build task failed: Serve never created the app's deployments.
+            result[app] = {"status": "DEPLOY_FAILED", "message": broken[app]}
+            continue
         entry: dict[str, Any] = {"status": status}
         if message:
             entry["message"] = message

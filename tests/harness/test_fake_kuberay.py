@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kuberay import (
     RAYJOBS,
@@ -23,7 +25,7 @@ from kuberay import (
     rayservice_health,
 )
 from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, schema_errors
+from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, load_schema, schema_errors
 
 T = TypeVar("T")
 NS = "default"
@@ -33,7 +35,11 @@ SERVE: dict[str, Any] = {
             "name": "llm",
             "route_prefix": "/",
             "import_path": "serve_apps.app:build_app",
-            "args": {"adapters": []},
+            "args": {
+                "name": "llm",
+                "model": {"name": "llm", "preset": "smollm2-135m-instruct"},
+                "adapters": [],
+            },
             "deployments": [{"name": "LLMDeployment"}, {"name": "Ingress"}],
         }
     ]
@@ -109,7 +115,9 @@ def plan(**overrides: Any) -> RayClusterPlan:
 
 def with_adapter(name: str) -> dict[str, Any]:
     config = copy.deepcopy(SERVE)
-    config["applications"][0]["args"]["adapters"].append({"name": name})
+    config["applications"][0]["args"]["adapters"].append(
+        {"name": name, "image": f"registry.example/{name}:1"}
+    )
     return config
 
 
@@ -247,7 +255,7 @@ def job_progress(env: Env, name: str) -> Any:
 
 
 def test_rayjob_succeeds_and_its_cluster_is_shut_down(env: Env) -> None:
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train", ttl_seconds=0))
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", ttl_seconds=0))
     states: list[str] = []
 
     def done() -> bool:
@@ -275,7 +283,7 @@ def test_rayjob_succeeds_and_its_cluster_is_shut_down(env: Env) -> None:
 def test_rayjob_failure_is_reported_with_message(env: Env) -> None:
     env.fake.set_job_outcome("tune", "FAILED", "RuntimeError: dataset is empty")
     env.kuberay.create(
-        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train", shutdown_after_finishes=False)
+        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", shutdown_after_finishes=False)
     )
     wait_for(lambda: job_progress(env, "tune").finished)
     final = job_progress(env, "tune")
@@ -290,7 +298,7 @@ def test_rayjob_failure_is_reported_with_message(env: Env) -> None:
 
 def test_rayjob_held_running_then_released(env: Env) -> None:
     env.fake.set_job_outcome("tune", "RUNNING")
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.train"))
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job"))
     wait_for(lambda: job_progress(env, "tune").state == "Running")
     time.sleep(0.4)
     assert job_progress(env, "tune").state == "Running"
@@ -300,7 +308,9 @@ def test_rayjob_held_running_then_released(env: Env) -> None:
 
 def test_rayjob_deadline(env: Env) -> None:
     env.fake.set_job_outcome("tune", "RUNNING")
-    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m x", active_deadline_seconds=1))
+    env.kuberay.create(
+        RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.job", active_deadline_seconds=1)
+    )
     wait_for(lambda: job_progress(env, "tune").finished, timeout=5)
     final = job_progress(env, "tune")
     assert (final.state, final.reason) == ("Failed", "DeadlineExceeded")
@@ -332,4 +342,120 @@ def test_schema_errors_helper() -> None:
     assert (
         schema_errors({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "x"}, "spec": {}})
         != []
+    )
+
+
+def _app_status(env: Env, name: str, app: str = "llm") -> dict[str, Any]:
+    obj = env.kuberay.get(RAYSERVICES, NS, name)
+    status = (obj or {}).get("status") or {}
+    for side in ("activeServiceStatus", "pendingServiceStatus"):
+        found = ((status.get(side) or {}).get("applicationStatuses") or {}).get(app)
+        if found and found["status"] != "DEPLOYING":
+            return cast(dict[str, Any], found)
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"import_path": "serve_apps.app:no_such_builder"}, "AttributeError: module 'serve_apps.app' has no"),
+        ({"import_path": "no_such_package.app:build_app"}, "ModuleNotFoundError: No module named"),
+        (
+            {"args": {"name": "llm", "adapters": []}},
+            "ValidationError: 1 validation error for AppConfig\nmodel",
+        ),
+        ({"args": {"name": "llm", "model": {"name": "m", "preset": "p"}, "replicas": 2}}, "replicas"),
+    ],
+)
+def test_an_app_serve_cannot_build_is_deploy_failed_and_never_ready(
+    env: Env, change: dict[str, Any], error: str
+) -> None:
+    config = copy.deepcopy(SERVE)
+    config["applications"][0].update(change)
+    env.kuberay.apply_rayservice(build_rayservice(plan(name="broken"), config))
+    app = wait_for(lambda: _app_status(env, "broken"), what="an application status")
+    assert app["status"] == "DEPLOY_FAILED"
+    assert app["message"].startswith("Deploying app 'llm' failed with exception:\n")
+    assert error in app["message"]
+    assert "serveDeploymentStatuses" not in app
+    time.sleep(0.4)
+    assert not env.health("broken").ready
+    assert env.fake.violations == []
+
+
+def test_a_broken_app_in_place_is_deploy_failed_and_fixing_it_runs_again(env: Env) -> None:
+    env.kuberay.apply_rayservice(build_rayservice(plan(), SERVE))
+    wait_for(lambda: env.health("ws").ready)
+    broken = copy.deepcopy(SERVE)
+    broken["applications"][0]["args"]["num_replicas"] = 0
+    env.kuberay.apply_rayservice(build_rayservice(plan(), broken))
+    wait_for(lambda: _app_status(env, "ws").get("status") == "DEPLOY_FAILED", what="DEPLOY_FAILED")
+    assert "num_replicas" in _app_status(env, "ws")["message"]
+    env.kuberay.apply_rayservice(build_rayservice(plan(), SERVE))
+    wait_for(lambda: env.health("ws").app_statuses == {"llm": "RUNNING"}, what="RUNNING again")
+
+
+def test_a_serve_config_ray_refuses_deploys_nothing(env: Env) -> None:
+    config = copy.deepcopy(SERVE)
+    config["applications"][0]["route_prefix"] = 8000  # Serve wants a string starting with "/"
+    env.kuberay.apply_rayservice(build_rayservice(plan(name="refused"), config))
+    wait_for(lambda: "Ray Serve refuses it" in " ".join(map(str, env.fake.violations)), what="violation")
+    assert "route_prefix" in " ".join(map(str, env.fake.violations))
+    assert not env.health("refused").ready
+
+
+def test_rayjob_whose_entrypoint_module_does_not_import_fails(env: Env) -> None:
+    env.kuberay.create(RAYJOBS, build_rayjob(plan(name="tune"), "python -m tuning.no_such_job --x 1"))
+    wait_for(lambda: job_progress(env, "tune").finished)
+    final = job_progress(env, "tune")
+    assert (final.state, final.reason, final.job_status) == ("Failed", "AppFailed", "FAILED")
+    assert final.message.endswith("python: No module named tuning.no_such_job")
+
+
+def test_released_schemas_make_the_server_refuse_prune_and_default_like_kuberay() -> None:
+    with FakeApiServer() as server, server.api_client() as api:
+        install_crds(api, released_schemas=True)
+        kuberay = KubeRayClient(api)
+        bad = build_rayservice(plan(name="bad"), SERVE)
+        bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "two"
+        with pytest.raises(ApiException) as refused:
+            kuberay.create(RAYSERVICES, bad)
+        assert refused.value.status == 422
+        assert "workerGroupSpecs[0].replicas" in str(refused.value.body)
+
+        job = build_rayjob(plan(name="tune"), "python -m tuning.job")
+        job["spec"]["managedBy"] = "someone-else"  # a CEL rule of the released RayJob CRD
+        with pytest.raises(ApiException) as cel:
+            kuberay.create(RAYJOBS, job)
+        assert cel.value.status == 422
+        assert "managedBy field value must be either" in str(cel.value.body)
+
+        typo = build_rayservice(plan(name="typo"), SERVE)
+        typo["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replica"] = 2
+        stored = kuberay.create(RAYSERVICES, typo)
+        worker = stored["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+        assert "replica" not in worker  # pruned, as a real server does
+        assert worker["numOfHosts"] == 1  # the CRD's default
+        assert schema_errors(typo) != []  # which is why the fake's own check is stricter
+
+
+def test_schema_facts_name_the_release_and_keep_no_prose() -> None:
+    facts = load_schema()
+    assert facts["kuberay"] == "v1.7.0"
+    assert set(facts["schemas"]) == {"RayService", "RayJob", "RayCluster"}
+    text = json.dumps(facts["schemas"])
+    assert '"description"' not in text
+    assert "x-kubernetes-validations" in text
+
+
+def test_cel_transition_rules_compare_with_the_version_before(env: Env) -> None:
+    job = build_rayjob(plan(name="tune"), "python -m tuning.job")
+    job["spec"]["managedBy"] = "ray.io/kuberay-operator"
+    env.fake.set_job_outcome("tune", "RUNNING")
+    env.kuberay.create(RAYJOBS, job)
+    wait_for(lambda: job_progress(env, "tune").started, what="the job picked up")
+    env.kuberay.patch(RAYJOBS, NS, "tune", {"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}})
+    wait_for(
+        lambda: "the managedBy field is immutable" in " ".join(map(str, env.fake.violations)),
+        what="the transition rule",
     )

@@ -1,33 +1,17 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 from kuberay import RayClusterPlan
-
-SCHEMA_PATH = Path(__file__).parents[1] / "harness" / "kuberay_schema.json"
-
-
-@pytest.fixture(scope="session")
-def kuberay_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return schema
+from tests.harness import fake_kuberay
 
 
 @pytest.fixture
-def schema_errors(kuberay_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
-    validator = jsonschema.Draft202012Validator(kuberay_schema)
-
-    def errors(obj: dict[str, Any]) -> list[str]:
-        return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
-
-    return errors
+def schema_errors() -> Callable[[dict[str, Any]], list[str]]:
+    return fake_kuberay.schema_errors
 
 
 def gpu_plan(**overrides: Any) -> RayClusterPlan:

@@ -1,12 +1,15 @@
-"""KubeRayClient against an in-memory stand-in for CustomObjectsApi that defaults fields like the API server
-does (so "unchanged" cannot be a plain equality) and applies RFC 7386 merge patches."""
+"""KubeRayClient against the fake API server with KubeRay's released CRD schemas installed, so that the
+server prunes and defaults fields like a real one (so "unchanged" cannot be a plain equality) and applies
+RFC 7386 merge patches and resourceVersion preconditions itself."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kuberay import (
@@ -17,11 +20,14 @@ from kuberay import (
     build_rayservice,
     merge_patch_diff,
 )
+from tests.harness.fake_apiserver import FakeApiServer
+from tests.harness.fake_kuberay import install_crds
 from tests.kuberay.conftest import gpu_plan
 
 SERVE: dict[str, Any] = {
     "applications": [{"name": "llm", "import_path": "serve_apps.app:build_app", "args": {"adapters": []}}]
 }
+NS = "kaito"
 
 
 def _merge(target: Any, patch: Any) -> Any:
@@ -36,112 +42,64 @@ def _merge(target: Any, patch: Any) -> Any:
     return result
 
 
-def _default(obj: dict[str, Any]) -> None:
-    for group in obj.get("spec", {}).get("rayClusterConfig", {}).get("workerGroupSpecs", []):
-        group.setdefault("numOfHosts", 1)
-        group.setdefault("priority", 0)
+class Cluster:
+    """The fake API server, seen through the raw client (for out-of-band edits) and counted by verb."""
 
+    def __init__(self, server: FakeApiServer, api: client.ApiClient) -> None:
+        self.server = server
+        self.custom = client.CustomObjectsApi(api)
 
-class FakeCustomObjects:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self._version = 0
+    def stored(self, name: str = "workspace-phi-3") -> dict[str, Any]:
+        found = self.custom.get_namespaced_custom_object("ray.io", "v1", NS, RAYSERVICES, name)
+        return cast(dict[str, Any], found)
 
-    def _bump(self, obj: dict[str, Any]) -> None:
-        self._version += 1
-        obj["metadata"]["resourceVersion"] = str(self._version)
+    def edit(self, patch: dict[str, Any], name: str = "workspace-phi-3") -> None:
+        """Someone else's write (kubectl edit, another controller)."""
+        self.custom.patch_namespaced_custom_object(
+            "ray.io", "v1", NS, RAYSERVICES, name, patch, _content_type="application/merge-patch+json"
+        )
 
-    def get_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, name: str
-    ) -> Any:
-        self.calls.append("get")
-        found = self.objects.get((plural, namespace, name))
-        if found is None:
-            raise ApiException(status=404, reason="Not Found")
-        return copy.deepcopy(found)
-
-    def create_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, body: dict[str, Any]
-    ) -> Any:
-        self.calls.append("create")
-        key = (plural, namespace, body["metadata"]["name"])
-        if key in self.objects:
-            raise ApiException(status=409, reason="AlreadyExists")
-        stored = copy.deepcopy(body)
-        stored["metadata"]["uid"] = "uid-1"
-        _default(stored)
-        self._bump(stored)
-        self.objects[key] = stored
-        return copy.deepcopy(stored)
-
-    def patch_namespaced_custom_object(
-        self,
-        group: str,
-        version: str,
-        namespace: str,
-        plural: str,
-        name: str,
-        body: dict[str, Any],
-        _content_type: str | None = None,
-    ) -> Any:
-        assert _content_type == "application/merge-patch+json"
-        self.calls.append("patch")
-        stored = self.objects[(plural, namespace, name)]
-        wanted_version = body.get("metadata", {}).get("resourceVersion")
-        if wanted_version is not None and wanted_version != stored["metadata"]["resourceVersion"]:
-            raise ApiException(status=409, reason="Conflict")
-        merged = _merge(stored, body)
-        _default(merged)
-        self._bump(merged)
-        self.objects[(plural, namespace, name)] = merged
-        return copy.deepcopy(merged)
-
-    def delete_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, name: str
-    ) -> Any:
-        self.calls.append("delete")
-        if self.objects.pop((plural, namespace, name), None) is None:
-            raise ApiException(status=404, reason="Not Found")
-        return {}
+    def patches(self) -> int:
+        return self.server.request_counts[("patch", RAYSERVICES)]
 
 
 @pytest.fixture
-def api() -> FakeCustomObjects:
-    return FakeCustomObjects()
+def cluster() -> Iterator[Cluster]:
+    with FakeApiServer() as server, server.api_client() as api:
+        install_crds(api, released_schemas=True)
+        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        yield Cluster(server, api)
 
 
 @pytest.fixture
-def kuberay(api: FakeCustomObjects) -> KubeRayClient:
-    kuberay_client = KubeRayClient()
-    kuberay_client._api = api  # type: ignore[assignment]
-    return kuberay_client
+def kuberay(cluster: Cluster) -> KubeRayClient:
+    return KubeRayClient(cluster.custom.api_client)
 
 
 def test_get_returns_none_on_404_and_delete_reports_absence(kuberay: KubeRayClient) -> None:
-    assert kuberay.get(RAYSERVICES, "kaito", "nope") is None
-    assert kuberay.delete(RAYJOBS, "kaito", "nope") is False
+    assert kuberay.get(RAYSERVICES, NS, "nope") is None
+    assert kuberay.delete(RAYJOBS, NS, "nope") is False
 
 
 def test_apply_creates_then_is_idempotent_despite_server_defaults(
-    kuberay: KubeRayClient, api: FakeCustomObjects
+    kuberay: KubeRayClient, cluster: Cluster
 ) -> None:
     desired = build_rayservice(gpu_plan(), SERVE)
     created = kuberay.apply_rayservice(desired)
     assert created.action == "created"
     assert SPEC_HASH_ANNOTATION in created.object["metadata"]["annotations"]
+    # Defaulted by the server from KubeRay's CRD: the desired object does not say it.
+    assert "numOfHosts" not in desired["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert created.object["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["numOfHosts"] == 1
     again = kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
     assert again.action == "unchanged"
-    assert api.calls.count("patch") == 0
+    assert cluster.patches() == 0
     assert "annotations" not in desired["metadata"]  # the caller's dict is not modified
 
 
-def test_serve_config_change_patches_only_serve_config(
-    kuberay: KubeRayClient, api: FakeCustomObjects
-) -> None:
+def test_serve_config_change_patches_only_serve_config(kuberay: KubeRayClient, cluster: Cluster) -> None:
     kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
-    before = copy.deepcopy(api.objects[(RAYSERVICES, "kaito", "workspace-phi-3")])
+    before = cluster.stored()
     with_adapter = copy.deepcopy(SERVE)
     with_adapter["applications"][0]["args"]["adapters"] = [{"name": "a"}]
     result = kuberay.apply_rayservice(build_rayservice(gpu_plan(), with_adapter))
@@ -151,23 +109,19 @@ def test_serve_config_change_patches_only_serve_config(
     assert kuberay.apply_rayservice(build_rayservice(gpu_plan(), with_adapter)).action == "unchanged"
 
 
-def test_removed_fields_are_removed(kuberay: KubeRayClient, api: FakeCustomObjects) -> None:
+def test_removed_fields_are_removed(kuberay: KubeRayClient, cluster: Cluster) -> None:
     kuberay.apply_rayservice(build_rayservice(gpu_plan(enable_autoscaling=True, max_replicas=4), SERVE))
-    assert (
-        "autoscalerOptions"
-        in api.objects[(RAYSERVICES, "kaito", "workspace-phi-3")]["spec"]["rayClusterConfig"]
-    )
+    assert "autoscalerOptions" in cluster.stored()["spec"]["rayClusterConfig"]
     result = kuberay.apply_rayservice(build_rayservice(gpu_plan(head_node_selector={}), SERVE))
     assert result.action == "patched"
-    cluster = result.object["spec"]["rayClusterConfig"]
-    assert "autoscalerOptions" not in cluster
-    assert cluster["enableInTreeAutoscaling"] is False
+    config = result.object["spec"]["rayClusterConfig"]
+    assert "autoscalerOptions" not in config
+    assert config["enableInTreeAutoscaling"] is False
 
 
-def test_out_of_band_edit_is_reverted(kuberay: KubeRayClient, api: FakeCustomObjects) -> None:
+def test_out_of_band_edit_is_reverted(kuberay: KubeRayClient, cluster: Cluster) -> None:
     kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
-    stored = api.objects[(RAYSERVICES, "kaito", "workspace-phi-3")]
-    stored["spec"]["serveConfigV2"] = "applications: []\n"
+    cluster.edit({"spec": {"serveConfigV2": "applications: []\n"}})
     result = kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
     assert result.action == "patched"
     assert (
@@ -175,42 +129,40 @@ def test_out_of_band_edit_is_reverted(kuberay: KubeRayClient, api: FakeCustomObj
     )
 
 
-def test_labels_set_by_others_are_kept(kuberay: KubeRayClient, api: FakeCustomObjects) -> None:
+def test_labels_set_by_others_are_kept(kuberay: KubeRayClient, cluster: Cluster) -> None:
     kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
-    api.objects[(RAYSERVICES, "kaito", "workspace-phi-3")]["metadata"]["labels"]["team"] = "ml"
+    cluster.edit({"metadata": {"labels": {"team": "ml"}}})
     assert kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE)).action == "unchanged"
     result = kuberay.apply_rayservice(build_rayservice(gpu_plan(labels={"kaito.sh/workspace": "x"}), SERVE))
     assert result.action == "patched"
     assert result.object["metadata"]["labels"] == {"kaito.sh/workspace": "x", "team": "ml"}
 
 
-def test_patch_is_guarded_by_resource_version(kuberay: KubeRayClient, api: FakeCustomObjects) -> None:
+def test_patch_is_guarded_by_resource_version(kuberay: KubeRayClient, cluster: Cluster) -> None:
     kuberay.apply_rayservice(build_rayservice(gpu_plan(), SERVE))
-    original_get = api.get_namespaced_custom_object
-
-    def stale_get(*args: Any) -> Any:
-        found = original_get(*args)
-        found["metadata"]["resourceVersion"] = "0"
-        return found
-
-    api.get_namespaced_custom_object = stale_get  # type: ignore[method-assign,assignment]
+    read = cluster.stored()
+    cluster.edit({"metadata": {"labels": {"team": "ml"}}})  # a write between our read and our patch
     with pytest.raises(ApiException) as raised:
-        kuberay.apply_rayservice(build_rayservice(gpu_plan(replicas=3, max_replicas=3), SERVE))
+        kuberay.apply_rayservice(
+            build_rayservice(gpu_plan(replicas=3, max_replicas=3), SERVE), read, read=False
+        )
     assert raised.value.status == 409
+    assert cluster.stored()["metadata"]["labels"]["team"] == "ml"
 
 
 def test_create_patch_delete_rayjob(kuberay: KubeRayClient) -> None:
     body = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"name": "tune", "namespace": "kaito"},
-        "spec": {},
+        "metadata": {"name": "tune", "namespace": NS},
+        "spec": {"entrypoint": "python -m tuning.job", "clusterSelector": {"ray.io/cluster": "c"}},
     }
-    assert kuberay.create(RAYJOBS, body)["metadata"]["uid"] == "uid-1"
-    patched = kuberay.patch(RAYJOBS, "kaito", "tune", {"spec": {"suspend": True}})
-    assert patched["spec"] == {"suspend": True}
-    assert kuberay.delete(RAYJOBS, "kaito", "tune") is True
-    assert kuberay.get(RAYJOBS, "kaito", "tune") is None
+    assert kuberay.create(RAYJOBS, body)["metadata"]["uid"]
+    patched = kuberay.patch(RAYJOBS, NS, "tune", {"spec": {"suspend": True}})
+    assert patched["spec"]["suspend"] is True
+    assert patched["spec"]["entrypoint"] == "python -m tuning.job"
+    assert kuberay.delete(RAYJOBS, NS, "tune") is True
+    assert kuberay.get(RAYJOBS, NS, "tune") is None
 
 
 def test_merge_patch_diff() -> None:

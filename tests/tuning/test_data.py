@@ -11,7 +11,6 @@ import pytest
 
 from tests.harness.registry import RegistryServer
 from tests.tuning.conftest import FileServer, chat_rows, write_jsonl
-from tuning import data as data_module
 from tuning.config import DatasetConfig
 from tuning.data import (
     ALLOW_PRIVATE_ENV,
@@ -113,23 +112,45 @@ def test_env_variable_allows_private_urls(
         )
 
 
-def test_every_redirect_hop_is_checked(
-    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Treat the test server's loopback address as if it were public, so only the redirect target is judged.
-    real = data_module.forbidden_reason
-    server_address = ipaddress.ip_address("127.0.0.1")
-    monkeypatch.setattr(data_module, "forbidden_reason", lambda a: None if a == server_address else real(a))
+def test_every_redirect_hop_is_checked(file_server: FileServer, tmp_path: Path) -> None:
+    """Each hop goes through `check_url` itself: the loopback server is allowed by the product's flag,
+    and what the flag does not allow (other schemes, hosts that do not resolve) is refused at the hop."""
     write_jsonl(file_server.root / "chat.jsonl", chat_rows(2))
     file_server.redirects["/ok"] = "/chat.jsonl"
-    file_server.redirects["/metadata"] = "http://169.254.169.254/latest/meta-data/"
-    file_server.redirects["/private"] = "http://10.1.2.3/data.jsonl"
+    file_server.redirects["/file"] = "file:///etc/passwd"
+    file_server.redirects["/gopher"] = "gopher://127.0.0.1:70/"
+    file_server.redirects["/nowhere"] = "http://no-such-host.invalid/data.jsonl"
 
-    assert prepare_data(DataSource(urls=(file_server.url("ok"),)), tmp_path, ALL).train.num_rows == 2
-    with pytest.raises(URLRefusedError, match=r"169\.254\.169\.254 is link-local"):
-        prepare_data(DataSource(urls=(file_server.url("metadata"),)), tmp_path, ALL)
-    with pytest.raises(URLRefusedError, match=r"10\.1\.2\.3 is private"):
-        prepare_data(DataSource(urls=(file_server.url("private"),)), tmp_path, ALL)
+    def fetch(path: str) -> int:
+        source = DataSource(urls=(file_server.url(path),))
+        return prepare_data(source, tmp_path, ALL, allow_private_urls=True).train.num_rows
+
+    assert fetch("ok") == 2
+    with pytest.raises(URLRefusedError, match=r"file:///etc/passwd: only http and https"):
+        fetch("file")
+    with pytest.raises(URLRefusedError, match=r"gopher://127\.0\.0\.1:70/: only http and https"):
+        fetch("gopher")
+    with pytest.raises(DatasetError, match=r"cannot resolve no-such-host\.invalid"):
+        fetch("nowhere")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", r"169\.254\.169\.254 is link-local"),
+        ("http://168.63.129.16/machine", r"168\.63\.129\.16 is a cloud metadata endpoint"),
+        ("http://10.1.2.3/data.jsonl", r"10\.1\.2\.3 is private"),
+        (
+            "http://[::ffff:a9fe:a9fe]/x",
+            r"is link-local \(cloud metadata\) \(embeds IPv4 169\.254\.169\.254\)",
+        ),
+        ("https://localhost/x", "is loopback"),
+    ],
+)
+def test_check_url_refuses_the_addresses_a_redirect_could_lead_to(url: str, reason: str) -> None:
+    with pytest.raises(URLRefusedError, match=reason):
+        check_url(url)
+    assert check_url(url, allow_private=True)
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import pytest
 
-from controller.api import validation
 from controller.api.errors import FieldError
 from controller.api.validation import validate_workspace
-from presets.models import get_preset
+from presets.models import PRESETS, TUNING_METHODS
 from tests.controller.samples import Sample, load_samples
 
 VALID = load_samples("valid")
@@ -88,13 +86,20 @@ def test_tuning_method_the_preset_does_not_support() -> None:
     assert error == FieldError("tuning.method", "preset falcon-40b-instruct does not support tuning")
 
 
-def test_tuning_method_outside_the_presets_methods(monkeypatch: pytest.MonkeyPatch) -> None:
-    lora_only = dataclasses.replace(get_preset("phi-3-mini-4k-instruct"), tuning=frozenset({"lora"}))
-    monkeypatch.setattr(validation, "resolve_preset", lambda name: lora_only)
-    (error,) = validate_workspace(_tuning("phi-3-mini-4k-instruct", "qlora", "Standard_NC24ads_A100_v4"))
-    assert error == FieldError(
-        "tuning.method", "preset phi-3-mini-4k-instruct does not support qlora tuning (supported: lora)"
-    )
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("method", sorted(TUNING_METHODS))
+def test_tuning_method_is_checked_against_the_presets_methods(preset: str, method: str) -> None:
+    """Through the real preset lookup, every catalog preset and method (the instance type left out,
+    so that only the method is judged)."""
+    obj = _tuning(preset, method, "Standard_NC24ads_A100_v4")
+    del obj["resource"]["instanceType"]
+    errors = validate_workspace(obj)
+    if method in PRESETS[preset].tuning:
+        assert errors == []
+    else:
+        (error,) = errors
+        assert error.field == "tuning.method"
+        assert error.reason.startswith(f"preset {preset} does not support ")
 
 
 def test_tuning_that_does_not_fit() -> None:

@@ -412,3 +412,91 @@ def test_fake_arm_speaks_the_sdk_long_running_operation_protocol(arm: FakeArm) -
             assert arm.pool("pool1") is None
 
     run(scenario)
+
+
+def sdk_default_provisioner(arm: FakeArm, core: CoreV1Api, clock: FakeClock) -> AksProvisioner:
+    """Built as `kairay controller` builds it: the SDK's own retry policy, not the tests' retry_total=0."""
+    credential = FakeTokenCredential()
+    return AksProvisioner(
+        SUB,
+        RG,
+        CLUSTER,
+        credential,
+        base_url=arm.base_url,
+        core_v1_api=core,
+        polling_interval=0,
+        backoff_base_seconds=BACKOFF,
+        clock=clock,
+        authentication_policy=loopback_client_kwargs(credential)["authentication_policy"],
+    )
+
+
+def test_throttled_requests_are_retried_after_retry_after(arm: FakeArm, core: CoreV1Api) -> None:
+    arm.throttle_every = 2
+    arm.retry_after_seconds = 1
+
+    async def scenario() -> None:
+        async with sdk_default_provisioner(arm, core, FakeClock()) as prov:
+            await ensure_until(prov, request(), "NodesNotReady")
+
+    run(scenario)
+    assert 429 in [r.status for r in arm.requests]
+    assert [p.status for p in arm.puts()][-1] == 201
+
+
+def test_throttling_that_outlasts_the_sdk_waits_at_least_retry_after(arm: FakeArm, core: CoreV1Api) -> None:
+    arm.throttled = True
+    arm.retry_after_seconds = 120  # longer than the first backoff
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        async with provisioner(arm, core, clock) as prov:
+            report = await prov.ensure(request())
+            assert (report.ready, report.reason) == (False, "AzureError")
+            assert report.message.startswith("TooManyRequests: ")
+            assert report.retry_after_seconds == 120
+            arm.throttled = False
+            clock.advance(BACKOFF)
+            assert (await prov.ensure(request())).retry_after_seconds == 120 - BACKOFF
+            assert arm.puts() == []
+            clock.advance(120)
+            await ensure_until(prov, request(), "NodesNotReady")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason", "code"),
+    [
+        ({"instance_type": "Standard_Imaginary_v9"}, "SKUNotAvailable", "VMSizeNotSupported"),
+        ({"node_count": 5000}, "AzureError", "InvalidParameter"),
+    ],
+)
+def test_a_pool_arm_refuses_becomes_a_condition(
+    arm: FakeArm, core: CoreV1Api, overrides: dict[str, Any], reason: str, code: str
+) -> None:
+    async def scenario() -> None:
+        async with provisioner(arm, core, FakeClock()) as prov:
+            report = await prov.ensure(request(**overrides))
+        assert (report.ready, report.reason) == (False, reason)
+        assert report.message.startswith(f"{code}: ")
+        assert report.retry_after_seconds == BACKOFF
+
+    run(scenario)
+    assert arm.pool_names() == []
+
+
+def test_a_failed_delete_is_retried_on_the_next_release(arm: FakeArm, core: CoreV1Api) -> None:
+    req = request()
+
+    async def scenario() -> None:
+        async with provisioner(arm, core, FakeClock()) as prov:
+            await ensure_until(prov, req, "NodesNotReady")
+            arm.fail_next_delete("OperationNotAllowed", "Cannot delete while the cluster is upgrading.")
+            assert await prov.release(req) is False
+            assert arm.pool(pool_name("default", "phi-3")) is not None
+            gone = [await prov.release(req) for _ in range(4)]
+            assert gone[-1] is True
+
+    run(scenario)
+    assert [d.status for d in arm.deletes()][:2] == [409, 202]
