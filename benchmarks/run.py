@@ -67,8 +67,8 @@ def kairay_engine_args() -> tuple[dict[str, Any], bool]:
     """The engine args `kairay up` renders for the benchmark Workspace, and whether they are the raw
     server's flags (tensor/pipeline parallel 1 are vLLM's defaults)."""
     from benchmarks.fixtures import bench_workspace
-    from controller.api.workspace import parse_workspace
     from controller.render import render
+    from kairay.api.workspace import parse_workspace
     from serve_apps.engines.vllm import cli_flags
 
     engine_args = render(parse_workspace(bench_workspace("bench-kairay", {})), "local").app.engine_args

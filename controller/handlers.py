@@ -42,20 +42,9 @@ from typing import Any, Literal, TypeVar, cast
 
 import kopf
 import urllib3
-import yaml
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from controller.api.errors import FieldError
-from controller.api.validation import INSTANCE_TYPE, validate_workspace
-from controller.api.workspace import (
-    CONDITION_RESOURCE_READY,
-    GROUP,
-    STATE_FAILED,
-    STATE_NOT_READY,
-    Workspace,
-    parse_workspace,
-)
 from controller.conditions import (
     Observation,
     Problem,
@@ -68,13 +57,24 @@ from controller.nodes.base import LabelRequirement, NodeProvisioner, NodeRequest
 from controller.objects import MANAGED_BY, SERVICE_PORT, WORKSPACE_LABEL, render_objects
 from controller.render import plan_for
 from controller.settings import Settings
+from kairay.api.configmaps import engine_overrides_from_configmap
+from kairay.api.errors import FieldError
+from kairay.api.workspace import (
+    CONDITION_RESOURCE_READY,
+    GROUP,
+    STATE_FAILED,
+    STATE_NOT_READY,
+    Workspace,
+    parse_workspace,
+)
 from kuberay.client import RAYJOBS, RAYSERVICES, KubeRayClient, merge_patch_diff
 from kuberay.cluster import GROUP as RAY_GROUP
 from kuberay.cluster import VERSION as RAY_VERSION
 from kuberay.status import rayjob_progress, rayservice_health
 from presets.models import resolve_preset
 from presets.sizing import InferencePlan, plan_tuning
-from presets.skus import UnknownInstanceTypeError, get_sku
+from presets.skus import get_sku
+from presets.validation import validate_workspace
 from tuning.config import TuningConfigError, load_configmap_data
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ WORKSPACES = (GROUP, VERSION, PLURAL)
 FINALIZER = "kairay.io/finalizer"
 # kopf's finalizer, which kopf would add for handlers that need one: none of the controller's does.
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
-INFERENCE_CONFIG_KEY = "inference_config.yaml"
 MERGE_PATCH = "application/merge-patch+json"
 # Seconds any single API call may take; a hung connection must not hold a Workspace's lock forever.
 REQUEST_TIMEOUT = 30
@@ -97,11 +96,6 @@ AKS_DEFAULT_OS_DISK_GB = 128
 # The runtime image (CUDA, Ray, vLLM) and the OS, next to the model weights.
 RUNTIME_DISK_GB = 50
 
-REASON_INVALID_PRESET = "InvalidPreset"
-REASON_INVALID_INSTANCE_TYPE = "InvalidInstanceType"
-REASON_INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
-REASON_UNSUPPORTED_TUNING_METHOD = "UnsupportedTuningMethod"
-REASON_INVALID_WORKSPACE = "InvalidWorkspace"
 REASON_UNSUPPORTED_WORKSPACE = "UnsupportedWorkspace"
 REASON_CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
 REASON_INVALID_CONFIGMAP = "InvalidConfigMap"
@@ -131,46 +125,9 @@ class ControllerOptions:
 # --- pure helpers ------------------------------------------------------------------------------------
 
 
-def catalog_problem(obj: Mapping[str, Any], errors: list[FieldError]) -> Problem:
-    """The condition reason and message for what `validate_workspace` found."""
-    first = errors[0]
-    if first.field.endswith("preset.name"):
-        reason = REASON_INVALID_PRESET
-    elif first.field == INSTANCE_TYPE:
-        instance_type = str((obj.get("resource") or {}).get("instanceType") or "")
-        try:
-            get_sku(instance_type)
-            reason = REASON_INSUFFICIENT_GPU_MEMORY
-        except UnknownInstanceTypeError:
-            reason = REASON_INVALID_INSTANCE_TYPE
-    elif first.field == "tuning.method":
-        reason = REASON_UNSUPPORTED_TUNING_METHOD
-    else:
-        reason = REASON_INVALID_WORKSPACE
-    return Problem(reason, "; ".join(str(e) for e in errors))
-
-
-def engine_overrides_from_configmap(data: Mapping[str, str], runtime: str, name: str) -> dict[str, Any]:
-    """Extra engine args from Kaito's inference ConfigMap: the `<runtime>:` section of its
-    `inference_config.yaml` (or only) entry, with Kaito's dashed keys (`max-model-len`) as the engine's
-    snake_case ones. Raises ValueError with a message for the user."""
-    if INFERENCE_CONFIG_KEY in data:
-        key = INFERENCE_CONFIG_KEY
-    elif len(data) == 1:
-        key = next(iter(data))
-    else:
-        found = ", ".join(sorted(data)) or "none"
-        raise ValueError(f"ConfigMap {name}: no {INFERENCE_CONFIG_KEY!r} key in data (keys: {found})")
-    try:
-        document = yaml.safe_load(data[key]) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"ConfigMap {name}[{key}]: invalid YAML: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError(f"ConfigMap {name}[{key}]: expected a mapping, found {type(document).__name__}")
-    section = document.get(runtime) or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"ConfigMap {name}[{key}]: {runtime}: expected a mapping of engine arguments")
-    return {str(k).replace("-", "_"): v for k, v in section.items()}
+def catalog_problem(errors: list[FieldError]) -> Problem:
+    """The condition for what `validate_workspace` found: the first error's reason, every message."""
+    return Problem(errors[0].condition, "; ".join(str(e) for e in errors))
 
 
 def node_request(
@@ -454,7 +411,7 @@ class Reconciler:
         generation = obj["metadata"].get("generation")
         errors = _validate(obj)
         if errors:
-            observation = Observation(generation, invalid=catalog_problem(obj, errors))
+            observation = Observation(generation, invalid=catalog_problem(errors))
         elif kind == "inference":
             observation = await self._inference(parse_workspace(obj), obj, generation, fresh)
         else:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from controller.crds import load_crd
 from controller.settings import DEFAULT_RUNTIME_IMAGE
+from kairay.api.crds import load_crd
 
 if TYPE_CHECKING:
     from controller.main import AksTarget

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.api.workspace import Workspace
 from controller.render import PULL_SECRETS_DIR, RenderError, render
 from controller.settings import Settings
+from kairay.api.workspace import Workspace
 from kuberay.cluster import SERVE_PORT, RayClusterPlan
 from kuberay.rayservice import build_rayservice
 

@@ -19,9 +19,9 @@ import json
 import shlex
 from typing import Any
 
-from controller.api.workspace import TuningSpec, Workspace
 from controller.objects import HF_TOKEN_KEY, cluster_plan, labels, owner_reference
 from controller.settings import Settings
+from kairay.api.workspace import TuningSpec, Workspace
 from kuberay.cluster import MAX_NAME_LENGTH
 from kuberay.rayjob import build_rayjob
 from presets.models import resolve_preset

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from controller.api.workspace import Workspace
     from controller.render import Rendered
+    from kairay.api.workspace import Workspace
     from serve_apps.local import CoreSplit
 
 EXIT_USAGE = 2
@@ -33,9 +33,9 @@ class UserError(Exception):
 
 def _load(path: str) -> list[Any]:
     """Every Workspace in `path`, validated as `kubectl apply` + the controller would."""
-    from controller.api.errors import WorkspaceError
-    from controller.api.validation import validate_workspace
-    from controller.api.workspace import load_workspace_file, parse_workspace
+    from kairay.api.errors import WorkspaceError
+    from kairay.api.workspace import load_workspace_file, parse_workspace
+    from presets.validation import validate_workspace
 
     try:
         objects = load_workspace_file(path)

@@ -57,7 +57,7 @@ from tuning.images import (
 from tuning.train import StepMetrics, TrainRequest, check_library_keys, train_adapter
 
 if TYPE_CHECKING:
-    from controller.api.workspace import Workspace
+    from kairay.api.workspace import Workspace
     from presets.models import ModelPreset
 
 logger = logging.getLogger(__name__)
@@ -497,7 +497,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_workspace_argument(value: str) -> tuple[Workspace, dict[str, dict[str, str]]]:
     """The Workspace (and any ConfigMaps next to it) from a file path or inline JSON."""
-    from controller.api.workspace import load_workspace_file, parse_workspace
+    from kairay.api.workspace import load_workspace_file, parse_workspace
 
     text = value.strip()
     if text.startswith("{"):
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _Arguments(**vars(_parser().parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from controller.api.errors import WorkspaceError
+        from kairay.api.errors import WorkspaceError
 
         workspace, configmaps = load_workspace_argument(arguments.workspace)
         if workspace.tuning is None:

@@ -17,10 +17,10 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
-from controller.api.workspace import parse_workspace
-from controller.crds import load_crd
 from controller.objects import render_objects
 from controller.settings import Settings
+from kairay.api.crds import load_crd
+from kairay.api.workspace import parse_workspace
 from presets.sizing import InferencePlan
 from presets.skus import GpuSku, get_sku
 from tests.harness.fake_apiserver import FakeApiServer

@@ -20,11 +20,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.api.workspace import parse_workspace
-from controller.crds import load_crd
-from controller.crds.schema import NOT_DECLARED
 from controller.handlers import FINALIZER
 from controller.tuning_objects import PUSH_SECRET_DIR, rayjob_name
+from kairay.api.crds import load_crd
+from kairay.api.crds.schema import NOT_DECLARED
+from kairay.api.workspace import parse_workspace
 from kuberay.client import SPEC_HASH_ANNOTATION
 from tests.controller.cluster import (
     A100,

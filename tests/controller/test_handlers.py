@@ -10,19 +10,18 @@ from typing import Any, cast
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
-from controller.api.validation import validate_workspace
-from controller.api.workspace import parse_workspace
 from controller.handlers import (
     ControllerOptions,
     PriorityGate,
     Reconciler,
     catalog_problem,
     connection_info,
-    engine_overrides_from_configmap,
     node_request,
     release_request,
 )
 from controller.nodes.base import NodeProvisioner
+from kairay.api.workspace import parse_workspace
+from presets.validation import validate_workspace
 
 
 def workspace(**changes: Any) -> dict[str, Any]:
@@ -65,34 +64,9 @@ def test_catalog_errors_get_kaito_reasons(changes: dict[str, Any], reason: str) 
     obj = workspace(**changes)
     errors = validate_workspace(obj)
     assert errors
-    problem = catalog_problem(obj, errors)
+    problem = catalog_problem(errors)
     assert problem.reason == reason and problem.final
     assert str(errors[0]) in problem.message
-
-
-def test_inference_configmap_gives_the_runtime_section_as_engine_args() -> None:
-    text = "max_probe_steps: 6\nvllm:\n  max-model-len: 4096\n  gpu-memory-utilization: 0.9\n"
-    data = {"inference_config.yaml": text}
-    assert engine_overrides_from_configmap(data, "vllm", "cfg") == {
-        "max_model_len": 4096,
-        "gpu_memory_utilization": 0.9,
-    }
-    assert engine_overrides_from_configmap(data, "transformers", "cfg") == {}
-    assert engine_overrides_from_configmap({"other.yaml": "vllm:\n  seed: 1\n"}, "vllm", "cfg") == {"seed": 1}
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"a": "x", "b": "y"}, "no 'inference_config.yaml' key"),
-        ({"inference_config.yaml": "vllm: [unclosed"}, "invalid YAML"),
-        ({"inference_config.yaml": "- a list"}, "expected a mapping"),
-        ({"inference_config.yaml": "vllm: 3"}, "vllm: expected a mapping"),
-    ],
-)
-def test_broken_inference_configmaps_say_what_is_wrong(data: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        engine_overrides_from_configmap(data, "vllm", "cfg")
 
 
 def test_node_requests_carry_the_selector_and_sizes() -> None:

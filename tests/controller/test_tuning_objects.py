@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from controller.api.workspace import parse_workspace
 from controller.objects import render_objects
 from controller.settings import Settings
 from controller.tuning_objects import (
@@ -20,6 +19,7 @@ from controller.tuning_objects import (
     build_tuning_objects,
     rayjob_name,
 )
+from kairay.api.workspace import parse_workspace
 from kuberay.cluster import MAX_NAME_LENGTH
 from tests.harness.fake_kuberay import schema_errors
 from tuning.config import default_config

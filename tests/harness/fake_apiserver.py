@@ -7,7 +7,7 @@
 It serves discovery, CRUD, patches (merge, strategic, JSON, apply), list + watch with resume,
 bookmarks and 410 Gone, the status subresource, generation, finalizers, ownerReference garbage
 collection and namespace termination; CRD-backed objects are validated by
-`controller.crds.schema.validate_object` (or any `validator`). Tests can inject errors and count
+`kairay.api.crds.schema.validate_object` (or any `validator`). Tests can inject errors and count
 requests. The server runs in a background thread with its own event loop; all state lives there.
 
 There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name}[:port]/proxy/{path}`)
@@ -60,18 +60,18 @@ def crd_validator(
     crd: Mapping[str, Any], obj: Mapping[str, Any], old: Mapping[str, Any] | None
 ) -> Sequence[Any]:
     """The product's CRD validator (structural schema + CEL), imported when first needed so this
-    harness works before, and without, `controller.crds.schema`."""
+    harness works before, and without, `kairay.api.crds.schema`."""
     try:
-        from controller.crds.schema import validate_object
+        from kairay.api.crds.schema import validate_object
     except ImportError:
         return []
     return list(validate_object(crd, obj, old))
 
 
 def crd_defaulter(crd: Mapping[str, Any], obj: Mapping[str, Any]) -> JsonObj:
-    """The product's schema defaulting (`controller.crds.schema.apply_defaults`), imported lazily."""
+    """The product's schema defaulting (`kairay.api.crds.schema.apply_defaults`), imported lazily."""
     try:
-        from controller.crds.schema import apply_defaults
+        from kairay.api.crds.schema import apply_defaults
     except ImportError:
         return dict(obj)
     return apply_defaults(crd, obj)

@@ -672,7 +672,7 @@ def test_crd_from_yaml_with_pluggable_validation(
 
 
 def test_crd_validation_with_the_product_validator(fake_apiserver: FakeApiServer, custom: Api) -> None:
-    pytest.importorskip("controller.crds.schema")
+    pytest.importorskip("kairay.api.crds.schema")
     fake_apiserver.register_crd(yaml.safe_load(WIDGET_CRD_YAML))
     gadget = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {}}
     stored = custom.create_namespaced_custom_object(GROUP, "v1", NS, "gadgets", {**gadget, "extra": 1})
@@ -762,7 +762,7 @@ def test_workspace_crd_and_examples_from_the_repository(
     k8s_api_client: client.ApiClient, custom: Api
 ) -> None:
     root = Path(__file__).resolve().parents[2]
-    crd_file, example = root / "controller/crds/workspace.yaml", root / "examples/phi-3-mini.yaml"
+    crd_file, example = root / "kairay/api/crds/workspace.yaml", root / "examples/phi-3-mini.yaml"
     assert crd_file.exists() and example.exists(), "the Workspace CRD and examples ship with the repository"
     extensions: Api = client.ApiextensionsV1Api(k8s_api_client)
     extensions.create_custom_resource_definition(yaml.safe_load(crd_file.read_text()))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.api.workspace import parse_workspace
+from kairay.api.workspace import parse_workspace
 from tests.harness.registry import RegistryServer
 from tests.tuning.conftest import FileServer, chat_rows, write_jsonl
 from tuning.config import TuningConfigError, default_config, parse_yaml

@@ -43,11 +43,11 @@ StorageKey = tuple[str, str]
 ObjKey = tuple[str, str]  # (namespace or "" for cluster-scoped, name)
 Sink = Callable[[str, JsonObj], None]
 Predicate = Callable[[Mapping[str, Any]], bool]
-# validate(crd, obj, old) -> errors with `.field` and `.reason` (controller.crds.schema.FieldError).
+# validate(crd, obj, old) -> errors with `.field` and `.reason` (kairay.api.crds.schema.FieldError).
 Validator = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any] | None], Sequence[Any]]
-# default(crd, obj) -> a copy of obj with the schema's defaults (controller.crds.schema.apply_defaults).
+# default(crd, obj) -> a copy of obj with the schema's defaults (kairay.api.crds.schema.apply_defaults).
 Defaulter = Callable[[Mapping[str, Any], Mapping[str, Any]], JsonObj]
-# The validator's reason for a field the schema doesn't declare (controller.crds.schema.NOT_DECLARED):
+# The validator's reason for a field the schema doesn't declare (kairay.api.crds.schema.NOT_DECLARED):
 # the real server prunes such fields rather than refusing the object.
 UNKNOWN_FIELD = "field not declared in schema"
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from controller.api import workspace as api
-from controller.api.errors import FieldError, WorkspaceError
-from controller.api.workspace import (
-    Autoscaling,
+from kairay.api import workspace as api
+from kairay.api.crds import load_crd, validate_object
+from kairay.api.errors import FieldError, KairayError, WorkspaceError
+from kairay.api.options import RUNTIME_ANNOTATION, Autoscaling
+from kairay.api.workspace import (
     Workspace,
     load_workspace_file,
     parse_workspace,
 )
-from controller.crds import load_crd, validate_object
 from tests.controller.samples import SAMPLES, load_samples
 
 VALID = load_samples("valid")
@@ -42,7 +42,8 @@ def test_field_error_and_workspace_error() -> None:
     with pytest.raises(AttributeError):
         error.field = "other"  # type: ignore[misc]
     failure = WorkspaceError([error, FieldError("tuning", "x")])
-    assert isinstance(failure, ValueError)
+    assert isinstance(failure, KairayError)
+    assert (failure.reason, failure.http_status) == ("InvalidWorkspace", 400)
     assert failure.errors == [error, FieldError("tuning", "x")]
     assert str(failure) == "inference.adapters[1].strength: must be a number; tuning: x"
 
@@ -109,7 +110,7 @@ def test_template_and_v1alpha1() -> None:
 
 def test_populate_by_python_name() -> None:
     ws = Workspace(
-        metadata=api.ObjectMeta(name="ws", annotations={api.RUNTIME_ANNOTATION: "transformers"}),
+        metadata=api.ObjectMeta(name="ws", annotations={RUNTIME_ANNOTATION: "transformers"}),
         resource=api.ResourceSpec(instance_type="Standard_NC6s_v3"),
         inference=api.InferenceSpec(
             preset=api.PresetSpec(name="smollm2-135m-instruct"),

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from controller.api import validation
-from controller.api.errors import FieldError
-from controller.api.validation import validate_workspace
+from kairay.api.errors import FieldError
+from presets import validation
 from presets.models import get_preset
+from presets.validation import validate_workspace
 from tests.controller.samples import Sample, load_samples
 
 VALID = load_samples("valid")

@@ -30,7 +30,7 @@ from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
-from controller.api.errors import FieldError
+from kairay.api.errors import FieldError
 
 CRD_FILE = "workspace.yaml"
 
@@ -48,7 +48,7 @@ _OLD_SELF = re.compile(r"\boldSelf\b")
 
 
 def load_crd() -> dict[str, Any]:
-    """The Workspace CRD, as `kubectl apply -f controller/crds/workspace.yaml` would send it."""
+    """The Workspace CRD, as `kubectl apply -f kairay/api/crds/workspace.yaml` would send it."""
     return copy.deepcopy(_parsed_crd())
 
 

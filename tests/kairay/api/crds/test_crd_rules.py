@@ -11,9 +11,9 @@ import celpy
 import pytest
 from celpy.adapter import json_to_cel
 
-from controller.api.errors import FieldError
-from controller.crds import apply_defaults, load_crd, validate_object
-from controller.crds import schema as schema_module
+from kairay.api.crds import apply_defaults, load_crd, validate_object
+from kairay.api.crds import schema as schema_module
+from kairay.api.errors import FieldError
 from tests.controller.samples import Sample, load_samples
 
 VALID = load_samples("valid")

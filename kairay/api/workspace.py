@@ -1,6 +1,6 @@
 """The Workspace (kaito.sh) as Python objects.
 
-The CRD (controller/crds/workspace.yaml) is the authority on what a Workspace may contain; these
+The CRD (kairay/api/crds/workspace.yaml) is the authority on what a Workspace may contain; these
 models mirror it field for field so code past the API edge works with typed, snake_case attributes.
 A dict that passed the CRD parses unless its annotations (which no CRD can check) are wrong;
 ``validate_workspace`` runs both.
@@ -8,8 +8,8 @@ A dict that passed the CRD parses unless its annotations (which no CRD can check
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -17,23 +17,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
-from controller.api.errors import FieldError, WorkspaceError
+from kairay.api.errors import FieldError, WorkspaceError
+from kairay.api.options import ANNOTATION_ERROR, Autoscaling, Runtime, WorkspaceOptions, annotation_error
 
 ApiVersion = Literal["kaito.sh/v1alpha1", "kaito.sh/v1beta1"]
 GROUP = "kaito.sh"
 KIND: Literal["Workspace"] = "Workspace"
 API_VERSIONS: tuple[ApiVersion, ...] = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
 STORAGE_API_VERSION: ApiVersion = "kaito.sh/v1beta1"
-
-RUNTIME_ANNOTATION = "kaito.sh/runtime"
-MIN_REPLICAS_ANNOTATION = "kairay.io/min-replicas"
-MAX_REPLICAS_ANNOTATION = "kairay.io/max-replicas"
-
-Runtime = Literal["vllm", "transformers"]
-RUNTIMES: tuple[Runtime, ...] = ("vllm", "transformers")
-DEFAULT_RUNTIME: Runtime = "vllm"
 
 TuningMethod = Literal["lora", "qlora"]
 DEFAULT_ADAPTER_STRENGTH = 1.0
@@ -55,8 +48,6 @@ STATE_SUCCEEDED = "Succeeded"
 STATE_FAILED = "Failed"
 
 _NOT_DECLARED = "field not declared in schema"
-_ANNOTATION_ERROR = "invalid_annotation"
-_REPLICAS = re.compile(r"^[0-9]+$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -86,25 +77,14 @@ class ObjectMeta(_Spec):
     @field_validator("annotations")
     @classmethod
     def _check_annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
-        runtime = annotations.get(RUNTIME_ANNOTATION)
-        if runtime is not None and runtime not in RUNTIMES:
-            allowed = ", ".join(RUNTIMES)
-            raise _annotation_error(RUNTIME_ANNOTATION, f"must be one of {allowed}, not {runtime!r}")
-        for key, least in ((MIN_REPLICAS_ANNOTATION, 0), (MAX_REPLICAS_ANNOTATION, 1)):
-            value = annotations.get(key)
-            if value is not None and (not _REPLICAS.match(value) or int(value) < least):
-                raise _annotation_error(key, f"must be a whole number of at least {least}, not {value!r}")
-        low, high = annotations.get(MIN_REPLICAS_ANNOTATION), annotations.get(MAX_REPLICAS_ANNOTATION)
-        if low is not None and high is not None and int(low) > int(high):
-            raise _annotation_error(
-                MIN_REPLICAS_ANNOTATION, f"must not exceed {MAX_REPLICAS_ANNOTATION} ({low} > {high})"
-            )
+        try:
+            WorkspaceOptions.model_validate(annotations)
+        except ValidationError as exc:
+            # Raised as this field's own error, so the path reads metadata.annotations[<key>].
+            (first, *_) = exc.errors()
+            ctx = first.get("ctx") or {}
+            raise annotation_error(str(ctx.get("key", "")), str(ctx.get("reason", first["msg"]))) from None
         return annotations
-
-
-def _annotation_error(key: str, reason: str) -> PydanticCustomError:
-    # The key travels in the context so the error can name metadata.annotations[<key>].
-    return PydanticCustomError(_ANNOTATION_ERROR, "{reason}", {"key": key, "reason": reason})
 
 
 class LabelSelectorRequirement(_Spec):
@@ -226,14 +206,6 @@ class WorkspaceStatus(_Spec):
         return next((c for c in self.conditions if c.type == type_), None)
 
 
-@dataclass(frozen=True)
-class Autoscaling:
-    """Replica bounds for the Serve deployment, from the kairay.io/*-replicas annotations."""
-
-    min_replicas: int
-    max_replicas: int
-
-
 class Workspace(_Spec):
     """A Workspace. Like Kaito's, it has no ``spec``: resource, inference and tuning are top level."""
 
@@ -251,26 +223,19 @@ class Workspace(_Spec):
             raise ValueError("exactly one of inference or tuning must be specified")
         return self
 
+    @functools.cached_property
+    def options(self) -> WorkspaceOptions:
+        """The annotations kairay reads, typed; they were checked when the Workspace was parsed."""
+        return WorkspaceOptions.model_validate(self.metadata.annotations)
+
     @property
     def runtime(self) -> Runtime:
-        """The engine, from the kaito.sh/runtime annotation (vllm unless it says transformers)."""
-        value = self.metadata.annotations.get(RUNTIME_ANNOTATION, DEFAULT_RUNTIME)
-        return "transformers" if value == "transformers" else "vllm"
+        """The engine, from the kaito.sh/runtime annotation."""
+        return self.options.runtime
 
     @property
     def autoscaling(self) -> Autoscaling | None:
-        """Replica bounds when either kairay.io/min-replicas or kairay.io/max-replicas is set.
-
-        A missing minimum is 1; a missing maximum equals the minimum (at least 1), so setting only
-        min-replicas pins the replica count.
-        """
-        low = self.metadata.annotations.get(MIN_REPLICAS_ANNOTATION)
-        high = self.metadata.annotations.get(MAX_REPLICAS_ANNOTATION)
-        if low is None and high is None:
-            return None
-        min_replicas = 1 if low is None else int(low)
-        max_replicas = max(min_replicas, 1) if high is None else int(high)
-        return Autoscaling(min_replicas, max_replicas)
+        return self.options.autoscaling
 
     def to_object(self) -> dict[str, Any]:
         """The Workspace as the JSON object the API server stores (camelCase, no nulls)."""
@@ -296,7 +261,7 @@ def _field_error(detail: ErrorDetails) -> FieldError:
         else:
             path += f"[{part}]"
     kind = detail["type"]
-    if kind == _ANNOTATION_ERROR:
+    if kind == ANNOTATION_ERROR:
         ctx = detail.get("ctx") or {}
         return FieldError(f"{path}[{ctx.get('key', '')}]", str(ctx.get("reason", detail["msg"])))
     if kind == "extra_forbidden":

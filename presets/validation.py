@@ -1,27 +1,29 @@
-"""Every check a Workspace must pass before kairay acts on it, in the order a user meets them.
-
-1. The CRD: structural schema and CEL rules, what `kubectl apply` enforces.
-2. The pydantic models, the edge of the typed world.
-3. What only kairay's catalogs know: the preset, the instance type, and whether the model fits.
+"""Every check a Workspace must pass before kairay acts on it: the Workspace API's own checks (CRD,
+models), then what only kairay's catalogs know: the preset, the instance type, and whether the model
+fits.
 
 The result depends on the Workspace alone, never on the machine running the check: `kairay up` on
 a laptop accepts a Workspace that names a GPU instance type (it is checked against the SKU catalog,
 then served on the local CPU), so the same file works locally and on a cluster.
+
+Each FieldError carries the condition reason of the error that found it (`FieldError.condition`),
+so the controller reports `InvalidPreset` or `InsufficientGPUMemory` without reading field paths.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from controller.api.errors import FieldError, WorkspaceError
-from controller.api.workspace import InferenceSpec, Runtime, TuningSpec, Workspace, parse_workspace
-from controller.crds import load_crd, validate_object
+from kairay.api.errors import FieldError, WorkspaceError
+from kairay.api.options import Runtime
+from kairay.api.validation import parse_valid_workspace
+from kairay.api.workspace import InferenceSpec, TuningSpec, Workspace
 from presets.models import ModelPreset, UnknownPresetError, resolve_preset
 from presets.sizing import SizingError, plan_inference, plan_tuning
 from presets.skus import GpuSku, UnknownInstanceTypeError, get_sku
 
 INSTANCE_TYPE = "resource.instanceType"
+REASON_UNSUPPORTED_TUNING_METHOD = "UnsupportedTuningMethod"
 
 
 def validate_workspace(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[FieldError]:
@@ -29,19 +31,11 @@ def validate_workspace(obj: dict[str, Any], old: dict[str, Any] | None = None) -
 
     Each stage runs only when the one before passed: its errors would restate the earlier ones.
     """
-    errors = validate_object(_crd(), obj, old)
-    if errors:
-        return errors
     try:
-        workspace = parse_workspace(obj)
+        workspace = parse_valid_workspace(obj, old)
     except WorkspaceError as exc:
         return exc.errors
     return catalog_errors(workspace)
-
-
-@functools.cache
-def _crd() -> dict[str, Any]:
-    return load_crd()
 
 
 def catalog_errors(workspace: Workspace) -> list[FieldError]:
@@ -52,7 +46,7 @@ def catalog_errors(workspace: Workspace) -> list[FieldError]:
         try:
             sku = get_sku(workspace.resource.instance_type)
         except UnknownInstanceTypeError as exc:
-            errors.append(FieldError(INSTANCE_TYPE, str(exc)))
+            errors.append(FieldError(INSTANCE_TYPE, str(exc), exc.reason))
     if workspace.inference is not None:
         errors.extend(_inference_errors(workspace.inference, sku, workspace.runtime))
     if workspace.tuning is not None:
@@ -64,7 +58,7 @@ def _resolve(name: str, field: str) -> tuple[ModelPreset | None, list[FieldError
     try:
         return resolve_preset(name), []
     except UnknownPresetError as exc:
-        return None, [FieldError(field, str(exc))]
+        return None, [FieldError(field, str(exc), exc.reason)]
 
 
 def _inference_errors(inference: InferenceSpec, sku: GpuSku | None, runtime: Runtime) -> list[FieldError]:
@@ -80,7 +74,7 @@ def _inference_errors(inference: InferenceSpec, sku: GpuSku | None, runtime: Run
         try:
             plan_inference(preset, sku, node_count=node_count)
         except SizingError as exc:
-            errors.append(FieldError(INSTANCE_TYPE, str(exc)))
+            errors.append(FieldError(INSTANCE_TYPE, str(exc), exc.reason))
     return errors
 
 
@@ -95,10 +89,10 @@ def _tuning_errors(tuning: TuningSpec, sku: GpuSku | None) -> list[FieldError]:
             if supported
             else f"preset {preset.name} does not support tuning"
         )
-        return [FieldError("tuning.method", reason)]
+        return [FieldError("tuning.method", reason, REASON_UNSUPPORTED_TUNING_METHOD)]
     if sku is not None:
         try:
             plan_tuning(preset, sku, tuning.method)
         except SizingError as exc:
-            return [FieldError(INSTANCE_TYPE, str(exc))]
+            return [FieldError(INSTANCE_TYPE, str(exc), exc.reason)]
     return []
