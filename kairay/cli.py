@@ -193,7 +193,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tuning.images import default_docker_config
+    from kairay.oci.registry import default_docker_config
     from tuning.job import main as tuning_main
 
     ws = _one(args.file)

@@ -2,7 +2,7 @@
 
 Sources (Kaito's `tuning.input`): `urls` (http/https; parquet, jsonl/json or csv, told apart by the
 file extension, then the Content-Type, then the first bytes), an OCI `image` holding the files under
-`/data` (pulled with `tuning.images.pull_data`), or a local path (a `volumeSource` hostPath, or the
+`/data` (pulled with `kairay.oci.images.pull_data`), or a local path (a `volumeSource` hostPath, or the
 directory a cluster volume is mounted at).
 
 Formats: conversational `{"messages": [{"role", "content"}, ...]}` (dolly-15k-oai-style), instruction
@@ -36,8 +36,9 @@ import numpy as np
 import pyarrow as pa
 import urllib3
 
+from kairay.oci.images import pull_data
+from kairay.oci.registry import DockerConfigArg, RegistryError
 from tuning.config import DatasetConfig
-from tuning.images import DockerConfigArg, RegistryError, pull_data
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kairay.oci.adapters import ADAPTER_FILES, AdapterError, check_adapter_dir
+from kairay.oci.images import PushedImage, push_adapter
+from kairay.oci.registry import RegistryError
 from tuning.config import (
     TuningConfig,
     TuningConfigError,
@@ -46,14 +49,6 @@ from tuning.config import (
     load_configmap_data,
 )
 from tuning.data import DatasetError, DataSource, prepare_data
-from tuning.images import (
-    ADAPTER_FILES,
-    AdapterError,
-    PushedImage,
-    RegistryError,
-    check_adapter_dir,
-    push_adapter,
-)
 from tuning.train import StepMetrics, TrainRequest, check_library_keys, train_adapter
 
 if TYPE_CHECKING:

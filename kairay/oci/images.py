@@ -11,17 +11,13 @@ built here is a real, runnable-layout image (skopeo and umoci accept it), not an
   `rootfs.diff_ids` = sha256 of the uncompressed tar;
 - manifest annotations naming the base model (`kaito.sh/base-model`).
 
-Credentials come only from a docker config file (`~/.docker/config.json`, or the `.dockerconfigjson` of
-a mounted `kubernetes.io/dockerconfigjson` Secret); they are never logged and never put in an error
-message. oras-py's registry client does the HTTP work; its request method is replaced because the
-stock one retries every failure with growing sleeps (minutes before a wrong password or a dead registry
-is reported) and cannot tell "no credentials" from "wrong credentials".
+The registry client and credentials are in `kairay.oci.registry`; adapter directories in
+`kairay.oci.adapters`. Push and pull stay in one module (a little over 400 lines): they are the two
+halves of one layout (media types, `/data`, diff_ids) and a change to one is a change to the other.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
 import hashlib
 import io
@@ -32,25 +28,26 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-import oras.auth
 import oras.container
-import oras.provider
-import requests
-from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kairay.oci.adapters import ADAPTER_FILES, AdapterError, check_adapter_dir
+from kairay.oci.registry import (
+    DockerConfigArg,
+    ImageNotFoundError,
+    RegistryClient,
+    RegistryError,
+    check_response,
+    open_registry,
+)
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_FILES: tuple[str, ...] = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 DATA_DIR = "data"
 
 BASE_MODEL_ANNOTATION = "kaito.sh/base-model"
@@ -68,31 +65,6 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 GZIP_LAYERS = (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP)
 
-DockerConfigArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
-
-_TIMEOUT = (10.0, 300.0)  # (connect, read) seconds
-_NO_DOCKER_CONFIG = "no docker config"
-
-
-class RegistryError(RuntimeError):
-    """A registry operation failed; the message names the image and never holds credentials."""
-
-
-class RegistryAuthError(RegistryError):
-    """No credentials where the registry wants some, or the registry rejected them (401/403)."""
-
-
-class ImageNotFoundError(RegistryError):
-    """The image (manifest) or one of its blobs does not exist (404)."""
-
-
-class RegistryUnreachableError(RegistryError):
-    """The registry did not answer (DNS, connection refused, TLS, timeout)."""
-
-
-class AdapterError(ValueError):
-    """A directory is not a usable LoRA adapter (missing files, wrong base model)."""
-
 
 @dataclass(frozen=True)
 class PushedImage:
@@ -101,234 +73,6 @@ class PushedImage:
     layer_digest: str
     diff_id: str
     size: int  # compressed layer bytes
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    path: Path
-    base_model: str | None
-    peft_type: str
-    rank: int | None
-    target_modules: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    username: str
-    password: str = ""
-
-    def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
-        return "_Credentials(<redacted>)"
-
-
-# --------------------------------------------------------------------------------------------------
-# Docker config (credentials)
-
-
-class _DockerAuth(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    auth: str | None = None
-    username: str | None = None
-    password: str | None = None
-
-
-class _DockerConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    auths: dict[str, _DockerAuth] = {}
-
-
-def default_docker_config() -> Path | None:
-    """Docker's own config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), if present."""
-    base = os.environ.get("DOCKER_CONFIG")
-    path = Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-    return path if path.is_file() else None
-
-
-def _docker_config_files(docker_config: DockerConfigArg) -> list[Path]:
-    if docker_config is None:
-        return []
-    items = [docker_config] if isinstance(docker_config, str | os.PathLike) else list(docker_config)
-    files = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            # A mounted dockerconfigjson Secret is a directory with a `.dockerconfigjson` file.
-            candidates = [path / ".dockerconfigjson", path / "config.json"]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                raise RegistryAuthError(
-                    f"docker config directory {path} has no .dockerconfigjson or config.json"
-                )
-            path = found
-        files.append(path)
-    return files
-
-
-def _normalize_host(key: str) -> str:
-    host = key.split("://", 1)[-1].split("/", 1)[0].lower()
-    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
-
-
-def _credentials_for(host: str, docker_config: DockerConfigArg) -> _Credentials | None:
-    wanted = _normalize_host(host)
-    for path in _docker_config_files(docker_config):
-        try:
-            config = _DockerConfig.model_validate_json(path.read_bytes())
-        except OSError as exc:
-            raise RegistryAuthError(f"cannot read docker config {path}: {exc.strerror or exc}") from None
-        except ValidationError:
-            raise RegistryAuthError(
-                f"docker config {path} is not a valid docker config JSON (auths)"
-            ) from None
-        for key, entry in config.auths.items():
-            if _normalize_host(key) != wanted:
-                continue
-            if entry.auth:
-                try:
-                    decoded = base64.b64decode(entry.auth, validate=True).decode()
-                except (binascii.Error, UnicodeDecodeError):
-                    raise RegistryAuthError(
-                        f"docker config {path}: auths[{key!r}].auth is not base64 of user:password"
-                    ) from None
-                username, _, password = decoded.partition(":")
-                return _Credentials(username, password)
-            if entry.username:
-                return _Credentials(entry.username, entry.password or "")
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry client
-
-
-def _is_loopback_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
-    if name == "localhost":
-        return True
-    try:
-        return ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-class _Registry(oras.provider.Registry):
-    """oras-py's registry client with one request method that fails fast and clearly."""
-
-    def __init__(self, host: str, *, insecure: bool, credentials: _Credentials | None, source: str) -> None:
-        super().__init__(hostname=host, insecure=insecure, auth_backend="basic")
-        self._host = host
-        self._credentials = credentials
-        self._source = source
-        self.session.trust_env = False  # no proxies or .netrc credentials from the environment
-        self._authenticated = False
-        self._probe()
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        try:
-            return self.session.request(method, url, timeout=_TIMEOUT, verify=self._tls_verify, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            raise RegistryUnreachableError(
-                f"TLS to registry {self._host} failed ({type(exc).__name__}); for a plain-HTTP registry "
-                "use insecure=True"
-            ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RegistryUnreachableError(
-                f"registry {self._host} is unreachable ({self.prefix}): {type(exc).__name__}"
-            ) from None
-
-    def _missing_credentials(self) -> str:
-        if self._source == _NO_DOCKER_CONFIG:
-            return f"registry {self._host} requires authentication and no docker config was given"
-        return f"registry {self._host} requires authentication and {self._source} has no credentials for it"
-
-    def _probe(self) -> None:
-        """`GET /v2/` picks the auth backend from the challenge (Basic for htpasswd, Bearer for tokens)."""
-        response = self._send("GET", f"{self.prefix}://{self._host}/v2/")
-        if response.status_code == 200:
-            return
-        if response.status_code != 401:
-            raise RegistryError(f"registry {self._host} answered /v2/ with HTTP {response.status_code}")
-        if self._credentials is None:
-            raise RegistryAuthError(self._missing_credentials())
-        challenge = response.headers.get("Www-Authenticate", "")
-        backend = "token" if challenge.lower().startswith("bearer") else "basic"
-        self.auth = oras.auth.get_auth_backend(backend, self.session, self.prefix == "http", self._tls_verify)
-        self.auth.set_basic_auth(self._credentials.username, self._credentials.password)
-
-    def do_request(
-        self,
-        url: str,
-        method: str = "GET",
-        data: dict[str, Any] | bytes | None = None,
-        headers: dict[str, str] | None = None,
-        json: dict[str, Any] | None = None,
-        stream: bool = False,
-    ) -> requests.Response:
-        headers = dict(headers or {})
-        if self._authenticated:
-            headers.update(self.auth.get_auth_header())
-        response = self._send(method, url, data=data, json=json, headers=headers, stream=stream)
-        if response.status_code != 401:
-            return response
-        if self._credentials is None:
-            raise RegistryAuthError(self._missing_credentials())
-        # refresh=True: a bearer token is scoped to one repository and action (pull, push), so a 401
-        # with a token in hand asks for a new one rather than proving the credentials wrong.
-        headers, changed = self.auth.authenticate_request(response, headers, refresh=True)
-        if not changed:
-            raise RegistryAuthError(f"registry {self._host} rejected the credentials from {self._source}")
-        response = self._send(method, url, data=data, json=json, headers=headers, stream=stream)
-        if response.status_code == 401:
-            raise RegistryAuthError(
-                f"registry {self._host} rejected the credentials from {self._source} (401)"
-            )
-        self._authenticated = True
-        return response
-
-
-@contextmanager
-def _registry(
-    ref: str, docker_config: DockerConfigArg, insecure: bool | None
-) -> Iterator[tuple[_Registry, oras.container.Container]]:
-    try:
-        container = oras.container.Container(ref)
-    except ValueError:
-        raise RegistryError(f"{ref!r} is not an image reference (registry/repository:tag)") from None
-    if "/" not in ref.split("@", 1)[0]:
-        raise RegistryError(f"{ref!r} names no registry; use e.g. myregistry.azurecr.io/adapters/name:tag")
-    host = container.registry
-    files = _docker_config_files(docker_config)
-    source = "docker config " + ", ".join(str(f) for f in files) if files else _NO_DOCKER_CONFIG
-    credentials = _credentials_for(host, files)
-    use_http = _is_loopback_host(host) if insecure is None else insecure
-    client = _Registry(host, insecure=use_http, credentials=credentials, source=source)
-    try:
-        yield client, container
-    finally:
-        client.session.close()
-
-
-def _check(
-    response: requests.Response, what: str, ref: str, *, ok: tuple[int, ...] = (200, 201, 202)
-) -> None:
-    if response.status_code in ok:
-        return
-    codes = _error_codes(response)
-    if response.status_code == 404:
-        raise ImageNotFoundError(f"{what} of {ref} not found ({codes or 'HTTP 404'})")
-    if response.status_code == 403:
-        raise RegistryAuthError(f"{what} of {ref}: access denied (403{', ' + codes if codes else ''})")
-    raise RegistryError(f"{what} of {ref} failed: HTTP {response.status_code}{', ' + codes if codes else ''}")
-
-
-def _error_codes(response: requests.Response) -> str:
-    try:
-        errors = response.json().get("errors") or []
-    except ValueError:
-        return ""
-    return "; ".join(
-        f"{e.get('code', '')} {e.get('message', '')}".strip() for e in errors if isinstance(e, dict)
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,15 +164,15 @@ def _push_image(
             "annotations": {CREATED_ANNOTATION: created, **annotations},
         }
         started = time.monotonic()
-        with _registry(ref, docker_config, insecure) as (client, container):
+        with open_registry(ref, docker_config, insecure) as (client, container):
             for path, descriptor, what in ((layer_path, layer, "layer"), (config_path, config, "config")):
                 try:
                     response = client.upload_blob(str(path), container, descriptor)
                 except ValueError as exc:  # oras raises it when the registry refuses the upload session
                     raise RegistryError(f"uploading the {what} of {ref} failed: {exc}") from None
-                _check(response, f"uploading the {what}", ref)
+                check_response(response, f"uploading the {what}", ref)
             response = client.upload_manifest(manifest, container)
-            _check(response, "uploading the manifest", ref)
+            check_response(response, "uploading the manifest", ref)
             # requests serialises `json=` with json.dumps' defaults, so this is the digest of what was sent.
             digest = response.headers.get("Docker-Content-Digest") or (
                 "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
@@ -492,10 +236,10 @@ def push_data(
 
 
 def _get_json(
-    client: _Registry, url: str, ref: str, what: str, accept: Sequence[str]
+    client: RegistryClient, url: str, ref: str, what: str, accept: Sequence[str]
 ) -> tuple[dict[str, Any], bytes, str]:
     response = client.do_request(url, "GET", headers={"Accept": ", ".join(accept)})
-    _check(response, what, ref, ok=(200,))
+    check_response(response, what, ref, ok=(200,))
     body = response.content
     try:
         document = json.loads(body)
@@ -507,7 +251,9 @@ def _get_json(
     return document, body, media_type
 
 
-def _resolve_manifest(client: _Registry, container: oras.container.Container, ref: str) -> dict[str, Any]:
+def _resolve_manifest(
+    client: RegistryClient, container: oras.container.Container, ref: str
+) -> dict[str, Any]:
     url = f"{client.prefix}://{container.manifest_url()}"
     document, body, media_type = _get_json(client, url, ref, "manifest", (*MANIFEST_TYPES, *INDEX_TYPES))
     if container.digest:
@@ -542,13 +288,17 @@ def _verify(hexdigest: str, expected: str, what: str) -> None:
 
 
 def _download(
-    client: _Registry, container: oras.container.Container, descriptor: dict[str, Any], ref: str, target: Path
+    client: RegistryClient,
+    container: oras.container.Container,
+    descriptor: dict[str, Any],
+    ref: str,
+    target: Path,
 ) -> None:
     digest = str(descriptor.get("digest", ""))
     url = f"{client.prefix}://{container.get_blob_url(digest)}"
     response = client.do_request(url, "GET", stream=True)
     with response:
-        _check(response, f"blob {digest}", ref, ok=(200,))
+        check_response(response, f"blob {digest}", ref, ok=(200,))
         hasher = hashlib.sha256()
         size = 0
         with target.open("wb") as handle:
@@ -621,7 +371,7 @@ def _pull_data_dir(
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        with _registry(ref, docker_config, insecure) as (client, container):
+        with open_registry(ref, docker_config, insecure) as (client, container):
             manifest = _resolve_manifest(client, container, ref)
             blobs = staging / ".blobs"
             blobs.mkdir()
@@ -688,69 +438,3 @@ def pull_data(
 ) -> Path:
     """Pull a dataset image (files under `/data`, as Kaito expects) into `dest`; return `dest`."""
     return _pull_data_dir(ref, dest, docker_config, insecure)
-
-
-# --------------------------------------------------------------------------------------------------
-# Adapter directories
-
-
-def adapter_base_names(preset_name_or_id: str) -> frozenset[str]:
-    """The names a base model may go by in an adapter: the preset's short name and its model id."""
-    names = {preset_name_or_id}
-    try:
-        from presets.models import resolve_preset
-
-        preset = resolve_preset(preset_name_or_id)
-        names.update({preset.name, preset.model_id})
-    except (ImportError, ValueError):
-        pass
-    return frozenset(n.lower() for n in names if n)
-
-
-def check_adapter_dir(path: str | os.PathLike[str], expected_base: str | None = None) -> AdapterInfo:
-    """Check that `path` holds a LoRA adapter (and, with `expected_base`, one trained on that base).
-
-    `expected_base` is a preset name or model id; the adapter's `base_model_name_or_path` must be one
-    of the preset's names. A base recorded as a filesystem path (Kaito's trainer writes its image's
-    weight directory, /workspace/tfs/weights) carries no identity and is accepted.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterError(f"adapter directory {path} does not exist")
-    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
-    if missing:
-        raise AdapterError(f"{path} is not a LoRA adapter: missing {', '.join(missing)}")
-    try:
-        config = json.loads((path / ADAPTER_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{path / ADAPTER_CONFIG} is not readable JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{path / ADAPTER_CONFIG} is not a JSON object")
-    peft_type = str(config.get("peft_type") or "")
-    if peft_type.upper() != "LORA":
-        raise AdapterError(
-            f"{path} holds a {peft_type or 'unknown'} adapter; only LoRA adapters are supported"
-        )
-    base = config.get("base_model_name_or_path")
-    base = str(base) if base else None
-    if expected_base and base and not base.startswith(("/", "./", "../")):
-        accepted = adapter_base_names(expected_base)
-        if base.lower() not in accepted:
-            raise AdapterError(
-                f"adapter {path} was trained on {base!r}, not on {expected_base!r} "
-                f"(accepted names: {', '.join(sorted(accepted))})"
-            )
-    with (path / ADAPTER_WEIGHTS).open("rb") as handle:
-        header = handle.read(8)
-    if len(header) < 8 or int.from_bytes(header, "little") <= 0:
-        raise AdapterError(f"{path / ADAPTER_WEIGHTS} is not a safetensors file")
-    target = config.get("target_modules") or []
-    modules = (target,) if isinstance(target, str) else tuple(str(m) for m in target)
-    rank = config.get("r")
-    return AdapterInfo(
-        path=path,
-        base_model=base,
-        peft_type=peft_type.upper(),
-        rank=int(rank) if isinstance(rank, int) else None,
-        target_modules=tuple(sorted(modules)),
-    )

@@ -17,23 +17,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.harness.fixtures_registry import AUTH_PASSWORD, AUTH_USER
-from tests.harness.registry import RegistryServer
-from tuning.images import (
+from kairay.oci.adapters import AdapterError, check_adapter_dir
+from kairay.oci.images import (
     BASE_MODEL_ANNOTATION,
     OCI_CONFIG,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
-    AdapterError,
-    ImageNotFoundError,
-    RegistryAuthError,
-    RegistryUnreachableError,
-    check_adapter_dir,
     pull_adapter,
     pull_data,
     push_adapter,
     push_data,
 )
+from kairay.oci.registry import ImageNotFoundError, RegistryAuthError, RegistryUnreachableError
+from tests.harness.fixtures_registry import AUTH_PASSWORD, AUTH_USER
+from tests.harness.registry import RegistryServer
 
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
