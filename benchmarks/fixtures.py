@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.settings import ADAPTER_CACHE, LORA_RANK, MODEL
-from tests.harness.kairay_up import make_lora_adapter, workspace
+from harness.kairay_up import make_lora_adapter, workspace
 
 
 def model_dir() -> Path:

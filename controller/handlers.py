@@ -54,9 +54,10 @@ from controller.conditions import (
     workspace_status,
 )
 from controller.nodes.base import LabelRequirement, NodeProvisioner, NodeRequest
-from controller.objects import MANAGED_BY, SERVICE_PORT, WORKSPACE_LABEL, render_objects
+from controller.object_meta import MANAGED_BY, WORKSPACE_LABEL
+from controller.objects import SERVICE_PORT, render_objects
 from controller.render import plan_for
-from controller.settings import Settings
+from controller.settings import ControllerOptions
 from kairay.api.configmaps import engine_overrides_from_configmap
 from kairay.api.errors import FieldError
 from kairay.api.workspace import (
@@ -109,17 +110,6 @@ ConfigurationLoader = Callable[[], Configuration]
 
 class Conflict(Exception):
     """The API answered 409: what was read is stale (or was created meanwhile); read again."""
-
-
-@dataclass(frozen=True)
-class ControllerOptions:
-    settings: Settings = field(default_factory=Settings)
-    # How often every Workspace is reconciled even without events (nodes, ConfigMaps, agent pools).
-    resync_seconds: float = 30.0
-    # Re-reads after a 409 before giving the retry back to kopf.
-    conflict_attempts: int = 5
-    # kopf's delay before retrying a handler that failed on an API error or is waiting for deletion.
-    retry_delay_seconds: float = 5.0
 
 
 # --- pure helpers ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import shlex
 from typing import Any
 
-from controller.objects import HF_TOKEN_KEY, cluster_plan, labels, owner_reference
+from controller.object_meta import HF_TOKEN_KEY, cluster_plan, labels, owner_reference
 from controller.settings import Settings
 from kairay.api.workspace import TuningSpec, Workspace
 from kuberay.cluster import MAX_NAME_LENGTH

@@ -13,30 +13,43 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from controller.render import Rendered
-    from kairay.api.workspace import Workspace
-    from serve_apps.local import CoreSplit
+from controller.manifests import manifests
+from controller.objects import render_objects
+from controller.render import Rendered, RenderError, inference_preset, plan_for, render, render_serve_config
+from controller.settings import ConfigError, aks_target, settings_from_flags
+from kairay.api.errors import KairayError, WorkspaceError
+from kairay.api.workspace import Workspace, load_workspace_file, parse_workspace
+from presets.local_model import LOCAL_MODELS, LocalModelError, prepare
+from presets.models import PRESETS, resolve_preset
+from presets.sizing import format_plan, plan_tuning
+from presets.skus import get_sku
+from presets.validation import validate_workspace
+from serve_apps import local
+from serve_apps.local import CoreSplit
+
+# `kairay tune` and `kairay controller` import their subsystems when they run: tuning needs pyarrow,
+# oras and Ray Train, the controller kopf and the Kubernetes client; the controller image has no Ray
+# and no tuning libraries, and `kairay validate` should not pay for any of them.
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
-class UserError(Exception):
-    """Printed without a traceback."""
+class UserError(KairayError):
+    """A mistake in what the user gave the CLI (file, flags); the message already names the file."""
+
+    reason = "InvalidInput"
+    http_status = HTTPStatus.BAD_REQUEST
 
 
 def _load(path: str) -> list[Any]:
     """Every Workspace in `path`, validated as `kubectl apply` + the controller would."""
-    from kairay.api.errors import WorkspaceError
-    from kairay.api.workspace import load_workspace_file, parse_workspace
-    from presets.validation import validate_workspace
-
     try:
         objects = load_workspace_file(path)
     except WorkspaceError as exc:
@@ -86,11 +99,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from controller.render import inference_preset, plan_for
-    from presets.models import resolve_preset
-    from presets.sizing import format_plan, plan_tuning
-    from presets.skus import get_sku
-
     for path in args.files:
         for ws in _load(path):
             print(f"# {path}: {ws.metadata.name}")
@@ -107,8 +115,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from controller.render import RenderError, render_serve_config
-
     documents: list[Any] = []
     for ws in _load(args.file):
         try:
@@ -116,8 +122,6 @@ def cmd_render(args: argparse.Namespace) -> int:
             if args.target == "local" and ws.tuning is None:
                 documents.append(render_serve_config(ws, "local"))
             else:
-                from controller.objects import render_objects
-
                 documents.extend(render_objects(ws))
         except RenderError as exc:
             raise UserError(f"{args.file}: {exc}") from None
@@ -126,9 +130,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from presets.local_model import LOCAL_MODELS, LocalModelError, prepare
-    from presets.models import PRESETS
-
     if args.models_command == "list":
         for name, preset in sorted(PRESETS.items()):
             where = "local (CPU)" if name in LOCAL_MODELS else "cluster"
@@ -143,8 +144,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from serve_apps import local
-
     ws = _one(args.file)
     joining = os.environ.get("RAY_ADDRESS")
     split = None
@@ -153,8 +152,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     rendered = _render_local(ws, args.file, split)
     app = rendered.app
     if app.model.local:
-        from presets.local_model import LocalModelError, prepare
-
         try:
             prepare(app.model.preset, progress=True)
         except LocalModelError as exc:
@@ -231,8 +228,6 @@ def _install_stop_handlers() -> dict[str, bool]:
 
 def _render_local(ws: Workspace, file: str, split: CoreSplit | None) -> Rendered:
     """The Workspace rendered for this machine, with the engine bound to its share of the cores."""
-    from controller.render import Rendered, RenderError, render
-
     try:
         rendered = render(ws, "local")
     except RenderError as exc:
@@ -247,8 +242,6 @@ def _serve_until_stopped(
     args: argparse.Namespace, endpoint: Any, stop: dict[str, bool], split: CoreSplit | None
 ) -> None:
     """Block until Ctrl-C, re-applying the Workspace when its file changes (adapters hot-reload)."""
-    from serve_apps import local
-
     path = Path(args.file)
     seen = path.stat().st_mtime_ns
     while not stop["requested"]:
@@ -269,7 +262,7 @@ def _serve_until_stopped(
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from controller.main import ConfigError, aks_target, run, settings_from_flags
+    from controller.main import run
 
     try:
         run(
@@ -287,9 +280,6 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    from controller.main import ConfigError, aks_target
-    from controller.manifests import manifests
-
     try:
         aks = aks_target(args.subscription_id, args.resource_group, args.cluster_name)
     except ConfigError as exc:
@@ -421,18 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from presets.models import UnknownPresetError
-    from presets.sizing import SizingError
-    from presets.skus import UnknownInstanceTypeError
-
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except UserError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILED
-    except (UnknownPresetError, UnknownInstanceTypeError, SizingError) as exc:
-        # Catalog and sizing errors are about the user's input, not kairay.
+    except KairayError as exc:
+        # Found below the CLI (a catalog, a registry, a deploy): about the user's input, not kairay.
         print(f"{getattr(args, 'file', '') or ''}: {exc}".lstrip(": "), file=sys.stderr)
         return EXIT_FAILED
     return code

@@ -21,6 +21,8 @@ from typing import Any
 from ray import serve
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from presets.local_model import prepare
+from presets.models import resolve_preset
 from serve_apps import adapters as adapter_store
 from serve_apps.config import AdapterConfig, AdaptersConfig, AppConfig
 from serve_apps.protocol import EngineError, LLMEngine, LoadedAdapter, error_response
@@ -39,13 +41,9 @@ def resolve_model_path(config: AppConfig) -> str:
     if config.model.path:
         return config.model.path
     if config.model.local:
-        from presets.local_model import prepare
-
         return str(prepare(config.model.preset, progress=False))
     if Path(config.model.preset).is_dir():
         return config.model.preset
-    from presets.models import resolve_preset
-
     return resolve_preset(config.model.preset).model_id
 
 

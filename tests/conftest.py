@@ -1,4 +1,4 @@
-"""Shared fixtures. Servers the tests start live in tests/harness/; they bind 127.0.0.1 only."""
+"""Shared fixtures. Servers the tests start live in harness/ and tests/harness/; they bind 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.harness.kairay_up import KairayUp, kairay_up, make_lora_adapter, workspace  # noqa: E402
+from harness.kairay_up import KairayUp, kairay_up, make_lora_adapter, workspace  # noqa: E402
 
 pytest_plugins = ["tests.harness.fixtures", "tests.harness.fixtures_registry"]
 

@@ -8,13 +8,11 @@ long-running operation: PUT/DELETE are sent with polling disabled and the next `
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
@@ -45,6 +43,7 @@ from controller.nodes.base import (
     pool_name,
     pool_node_labels,
 )
+from controller.settings import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +102,6 @@ def failure_from_pool(pool: aks.AgentPool) -> AzureFailure:
     return AzureFailure(
         Reason.POOL_PROVISIONING_FAILED if reason == Reason.AZURE_ERROR else reason, code, message
     )
-
-
-def is_loopback_url(url: str) -> bool:
-    """True when `url` points at this machine (localhost or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LoopbackAuthenticationPolicy(AsyncARMChallengeAuthenticationPolicy):

@@ -19,12 +19,12 @@ from kubernetes import client
 
 from controller.objects import render_objects
 from controller.settings import Settings
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay, kuberay_crds
 from kairay.api.crds import load_crd
 from kairay.api.workspace import parse_workspace
 from presets.sizing import InferencePlan
 from presets.skus import GpuSku, get_sku
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, kuberay_crds
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_IMAGE = "registry.test/kairay-runtime:test"

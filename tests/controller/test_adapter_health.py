@@ -25,11 +25,11 @@ from kubernetes.client.exceptions import ApiException
 from controller.conditions import Observation, Problem, adapter_problem, workspace_status
 from controller.manifests import manifests
 from controller.nodes.base import NodeReport
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
+from harness.kairay_up import free_port
 from kuberay.status import ServiceHealth
 from tests.controller.cluster import Cluster, Controller, condition_is, conditions, install_crds, state
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
-from tests.harness.kairay_up import free_port
 
 NAMESPACE = "adapters"
 MISSING_REF = "registry.test/adapters/missing:1"

@@ -22,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.handlers import FINALIZER
 from controller.tuning_objects import PUSH_SECRET_DIR, rayjob_name
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from kairay.api.crds import load_crd
 from kairay.api.crds.schema import NOT_DECLARED
 from kairay.api.workspace import parse_workspace
@@ -38,8 +40,6 @@ from tests.controller.cluster import (
     state,
 )
 from tests.controller.samples import Sample, load_samples
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 SECRET_VALUE = "s3cr3t-registry-password-do-not-leak"
 # Fake KubeRay's watches end this often; stopping it waits for them.

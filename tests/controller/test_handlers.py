@@ -11,7 +11,6 @@ import pytest
 from kubernetes.client import ApiClient, Configuration
 
 from controller.handlers import (
-    ControllerOptions,
     PriorityGate,
     Reconciler,
     catalog_problem,
@@ -20,6 +19,7 @@ from controller.handlers import (
     release_request,
 )
 from controller.nodes.base import NodeProvisioner
+from controller.settings import ControllerOptions
 from kairay.api.workspace import parse_workspace
 from presets.validation import validate_workspace
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.main import AksTarget
 from controller.manifests import HEALTH_PORT, manifests
+from controller.settings import AksTarget
 from kairay.api.crds import load_crd
 from kairay.cli import main
 

@@ -19,9 +19,9 @@ from controller.tuning_objects import (
     build_tuning_objects,
     rayjob_name,
 )
+from harness.fake_kuberay import schema_errors
 from kairay.api.workspace import parse_workspace
 from kuberay.cluster import MAX_NAME_LENGTH
-from tests.harness.fake_kuberay import schema_errors
 from tuning.config import default_config
 from tuning.job import _parser, load_workspace_argument, spec_from_workspace
 

@@ -22,7 +22,7 @@ import urllib3
 import yaml
 from kubernetes import client, config, watch
 
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.fake_apiserver import FakeApiServer
 from tests.harness.fixtures import fake_apiserver, k8s_api_client
 
 __all__ = ["fake_apiserver", "k8s_api_client"]  # fixtures, re-exported so pytest finds them here
@@ -739,7 +739,7 @@ def test_standalone_cli(tmp_path: Path) -> None:
     crds.write_text(WIDGET_CRD_YAML)
     command = ["--port", "0", "--kubeconfig", str(kubeconfig), "--crd", str(crds)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.fake_apiserver", *command],
+        [sys.executable, "-m", "harness.fake_apiserver", *command],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         text=True,

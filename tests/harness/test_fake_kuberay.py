@@ -11,6 +11,8 @@ from typing import Any, TypeVar, cast
 import pytest
 from kubernetes import client
 
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, schema_errors
 from kuberay import (
     RAYJOBS,
     RAYSERVICES,
@@ -22,8 +24,6 @@ from kuberay import (
     rayjob_progress,
     rayservice_health,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, schema_errors
 
 T = TypeVar("T")
 NS = "default"

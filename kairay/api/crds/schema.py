@@ -3,7 +3,7 @@
 No API server runs in this project's tests, yet `kubectl apply` semantics are the contract: a
 Workspace is rejected by its CRD's structural schema and its CEL rules
 (``x-kubernetes-validations``). This module applies both, in the API server's order, so the fake
-API server in tests/harness, ``kairay up`` and the controller judge an object alike.
+API server in harness/, ``kairay up`` and the controller judge an object alike.
 
 Rules use only standard CEL and the Kubernetes CEL libraries, so the same CRD works on a real API
 server; the few Kubernetes library functions the rules call are implemented here for cel-python.

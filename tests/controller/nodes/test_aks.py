@@ -22,8 +22,8 @@ from controller.nodes.base import (
     desired_agent_pool,
     pool_name,
 )
+from harness.fake_apiserver import FakeApiServer
 from tests.controller.nodes.conftest import Nodes
-from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_arm import FakeArm, FakeTokenCredential, loopback_client_kwargs
 
 SUB = "00000000-0000-0000-0000-000000000001"

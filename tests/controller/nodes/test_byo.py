@@ -9,8 +9,8 @@ from kubernetes.client import CoreV1Api
 
 from controller.nodes.base import LabelRequirement, NodeProvisioner, NodeReport, NodeRequest
 from controller.nodes.byo import ByoProvisioner, GpuFacts
+from harness.fake_apiserver import FakeApiServer
 from tests.controller.nodes.conftest import Nodes
-from tests.harness.fake_apiserver import FakeApiServer
 
 V100 = {"nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "16384", "nvidia.com/gpu.product": "Tesla-V100"}
 A100X2 = {

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.harness.apiserver import errors
-from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.patches import (
+from harness.apiserver import errors
+from harness.apiserver.errors import ApiError
+from harness.apiserver.patches import (
     FieldPath,
     JsonObj,
     apply_conflicts,
@@ -36,8 +36,8 @@ from tests.harness.apiserver.patches import (
     remove_path,
     strategic_merge_patch,
 )
-from tests.harness.apiserver.resources import ResourceRegistry, ResourceType, crd_resource_types
-from tests.harness.apiserver.validation import Cause, meta_causes, name_causes
+from harness.apiserver.resources import ResourceRegistry, ResourceType, crd_resource_types
+from harness.apiserver.validation import Cause, meta_causes, name_causes
 
 StorageKey = tuple[str, str]
 ObjKey = tuple[str, str]  # (namespace or "" for cluster-scoped, name)

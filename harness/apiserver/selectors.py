@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tests.harness.apiserver.errors import bad_request
+from harness.apiserver.errors import bad_request
 
 _SET_RE = re.compile(
     r"^\s*(!?)\s*([^\s!=<>(),]+)\s*(?:(notin|in)\s*\(([^)]*)\)|(==|!=|=|<|>)\s*([^\s,]*))?\s*$"

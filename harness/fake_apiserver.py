@@ -14,7 +14,7 @@ There are no pods, so the service proxy (`/api/v1/namespaces/{ns}/services/{name
 forwards to whatever URL a test registers for the Service with `set_service_proxy`, and answers
 503 "no endpoints available" like the real one for a Service with nothing behind it.
 
-Standalone: `python -m tests.harness.fake_apiserver --port 0 --kubeconfig out.yaml [--crd FILE]`.
+Standalone: `python -m harness.fake_apiserver --port 0 --kubeconfig out.yaml [--crd FILE]`.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.http import WRITE_VERBS, ApiServerApp, FaultRule, RequestRecord
-from tests.harness.apiserver.patches import JsonObj, deep_copy
-from tests.harness.apiserver.resources import ResourceRegistry, ResourceType
-from tests.harness.apiserver.selectors import make_filter
-from tests.harness.apiserver.store import CRDS, MERGE_PATCH, Defaulter, Store, Validator
+from harness.apiserver.errors import ApiError
+from harness.apiserver.http import WRITE_VERBS, ApiServerApp, FaultRule, RequestRecord
+from harness.apiserver.patches import JsonObj, deep_copy
+from harness.apiserver.resources import ResourceRegistry, ResourceType
+from harness.apiserver.selectors import make_filter
+from harness.apiserver.store import CRDS, MERGE_PATCH, Defaulter, Store, Validator
 
 if TYPE_CHECKING:
     import kubernetes.client

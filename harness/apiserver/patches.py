@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tests.harness.apiserver.errors import ApiError, bad_request
+from harness.apiserver.errors import ApiError, bad_request
 
 JsonObj = dict[str, Any]
 FieldPath = tuple[str, ...]

@@ -15,12 +15,12 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.harness.apiserver import errors
-from tests.harness.apiserver.errors import ApiError
-from tests.harness.apiserver.patches import JsonObj
-from tests.harness.apiserver.resources import SERVER_VERSION, ResourceRegistry, ResourceType
-from tests.harness.apiserver.selectors import make_filter
-from tests.harness.apiserver.store import APPLY_PATCH, PATCH_TYPES, Store
+from harness.apiserver import errors
+from harness.apiserver.errors import ApiError
+from harness.apiserver.patches import JsonObj
+from harness.apiserver.resources import SERVER_VERSION, ResourceRegistry, ResourceType
+from harness.apiserver.selectors import make_filter
+from harness.apiserver.store import APPLY_PATCH, PATCH_TYPES, Store
 
 log = logging.getLogger(__name__)
 
