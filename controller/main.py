@@ -43,7 +43,6 @@ def load_configuration(kubeconfig: str | None) -> Configuration:
 def provisioner_factory(
     settings: Settings,
     aks: AksTarget | None,
-    polling_seconds: float,
     environ: Mapping[str, str] | None = None,
 ) -> ProvisionerFactory:
     """The node provisioner the settings ask for; `environ` (default `os.environ`) holds the
@@ -81,7 +80,6 @@ def provisioner_factory(
                 target.cluster_name,
                 credential,
                 core_v1_api=CoreV1Api(api),
-                polling_interval=polling_seconds,
                 backoff_base_seconds=arm.backoff_seconds,
                 **client_kwargs,
             )
@@ -89,7 +87,7 @@ def provisioner_factory(
         return make_aks
 
     def make_byo(api: ApiClient) -> NodeProvisioner:
-        return ByoProvisioner(CoreV1Api(api), polling_interval=polling_seconds)
+        return ByoProvisioner(CoreV1Api(api))
 
     return make_byo
 
@@ -107,7 +105,7 @@ def run(
     """Run the controller until SIGINT/SIGTERM. `namespace=None` watches every namespace."""
     if resync_seconds <= 0:
         raise ConfigError(f"--resync-seconds must be positive, not {resync_seconds}")
-    make_provisioner = provisioner_factory(settings, aks, resync_seconds)
+    make_provisioner = provisioner_factory(settings, aks)
     # Fail at start, not at the first login, when there are no credentials at all.
     try:
         load_configuration(kubeconfig)

@@ -168,7 +168,6 @@ class AksProvisioner:
         *,
         base_url: str | None = None,
         core_v1_api: CoreV1Api | None = None,
-        polling_interval: float = 15.0,
         backoff_base_seconds: float = 15.0,
         backoff_max_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -183,7 +182,6 @@ class AksProvisioner:
         )
         # The default client uses the configuration the controller loaded (in-cluster or kubeconfig).
         self._core = core_v1_api or CoreV1Api()
-        self._poll = polling_interval
         self._backoff_base = backoff_base_seconds
         self._backoff_max = backoff_max_seconds
         self._clock = clock
@@ -216,11 +214,11 @@ class AksProvisioner:
         provisioning = pool.provisioning_state or ""
         if provisioning in _IN_PROGRESS:
             return self._report(
-                req, False, Reason.POOL_PROVISIONING, f"agent pool {name} is {provisioning}", retry=self._poll
+                req, False, Reason.POOL_PROVISIONING, f"agent pool {name} is {provisioning}"
             )
         if provisioning == "Deleting":
             return self._report(
-                req, False, Reason.POOL_DELETING, f"agent pool {name} is being deleted", retry=self._poll
+                req, False, Reason.POOL_DELETING, f"agent pool {name} is being deleted"
             )
         if (pool.vm_size or "").lower() != req.instance_type.lower():
             # AKS cannot change the VM size of an existing pool, and deleting someone's pool to fix
@@ -231,7 +229,6 @@ class AksProvisioner:
                 Reason.POOL_MISMATCH,
                 f"agent pool {name} has vmSize {pool.vm_size}, the Workspace asks for {req.instance_type}; "
                 "AKS cannot resize VMs of a pool: delete the pool to recreate it",
-                retry=self._backoff_max,
             )
         if provisioning == "Failed":
             if state.failure is None:
@@ -315,12 +312,12 @@ class AksProvisioner:
             # errors included, to ResourceExistsError, so the status code is what tells them apart.
             if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 message = f"agent pool {name} already exists"
-                return self._report(req, False, Reason.POOL_PROVISIONING, message, retry=self._poll)
+                return self._report(req, False, Reason.POOL_PROVISIONING, message)
             return self._record_failure(req, state, failure_from_exception(exc))
         # `attempts` stays until the pool succeeds, so that a failure after this retry backs off longer.
         state.retry_at = None
         state.failure = None
-        return self._report(req, False, Reason.POOL_PROVISIONING, action, retry=self._poll)
+        return self._report(req, False, Reason.POOL_PROVISIONING, action)
 
     def _record_failure(self, req: NodeRequest, state: _RetryState, failure: AzureFailure) -> NodeReport:
         state.attempts += 1
@@ -337,7 +334,6 @@ class AksProvisioner:
             False,
             state.failure.reason,
             state.failure.describe(),
-            retry=max(state.retry_at - now, 0.0),
         )
 
     @staticmethod
@@ -370,7 +366,6 @@ class AksProvisioner:
                 False,
                 Reason.KUBERNETES_ERROR,
                 f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
             )
         ready = sorted(node_name(n) for n in nodes.items if node_is_ready(n))
         if len(ready) >= req.node_count:
@@ -380,7 +375,6 @@ class AksProvisioner:
                 Reason.READY,
                 f"agent pool {name}: {len(ready)} nodes Ready",
                 nodes=ready,
-                retry=None,
             )
         return self._report(
             req,
@@ -388,7 +382,6 @@ class AksProvisioner:
             Reason.NODES_NOT_READY,
             f"agent pool {name} succeeded; {len(ready)} of {req.node_count} nodes Ready",
             nodes=ready,
-            retry=self._poll,
         )
 
     def _report(
@@ -398,7 +391,6 @@ class AksProvisioner:
         reason: str,
         message: str,
         *,
-        retry: float | None,
         nodes: list[str] | None = None,
     ) -> NodeReport:
         return NodeReport(
@@ -406,6 +398,5 @@ class AksProvisioner:
             reason=reason,
             message=message,
             worker_nodes=nodes or [],
-            retry_after_seconds=retry,
             target_node_count=req.node_count,
         )

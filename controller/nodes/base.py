@@ -119,10 +119,7 @@ class NodeReport:
     reason: str
     message: str
     worker_nodes: list[str] = field(default_factory=list)
-    # When the controller should call `ensure`/`release` again; None once nothing is pending.
-    retry_after_seconds: float | None = None
     target_node_count: int = 0
-    mismatched_nodes: list[str] = field(default_factory=list)
 
 
 class NodeProvisioner(Protocol):

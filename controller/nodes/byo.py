@@ -74,12 +74,11 @@ class ByoProvisioner:
     """`NodeProvisioner` over nodes the user already has (`--node-provisioner=byo`, `preferredNodes`)."""
 
     def __init__(
-        self, core_v1_api: CoreV1Api, *, polling_interval: float = 15.0, listing_max_age: float = 2.0
+        self, core_v1_api: CoreV1Api, *, listing_max_age: float = 2.0
     ) -> None:
         """`listing_max_age`: how long one node listing answers for every Workspace with the same
         labelSelector (a burst of new Workspaces would otherwise list the nodes once each)."""
         self._core = core_v1_api
-        self._poll = polling_interval
         self._max_age = listing_max_age
         self._listings: dict[str, tuple[float, asyncio.Future[V1NodeList]]] = {}
 
@@ -100,7 +99,6 @@ class ByoProvisioner:
                 False,
                 Reason.KUBERNETES_ERROR,
                 f"listing nodes failed: {exc.status} {exc.reason}",
-                retry=self._poll,
             )
 
         preferred = {name: i for i, name in enumerate(req.preferred_nodes)}
@@ -133,8 +131,6 @@ class ByoProvisioner:
                 Reason.READY,
                 message,
                 nodes=[name for name, _ in chosen],
-                mismatched=sorted(mismatched),
-                retry=None,
             )
 
         message = f"{len(usable)} of {req.node_count} nodes matching labelSelector {selector!r} are Ready" + (
@@ -152,8 +148,6 @@ class ByoProvisioner:
             Reason.NODE_MISMATCH if mismatched else Reason.NODES_NOT_READY,
             message,
             nodes=[name for name, _ in chosen],
-            mismatched=sorted(mismatched),
-            retry=self._poll,
         )
 
     async def _list(self, selector: str) -> V1NodeList:
@@ -179,16 +173,12 @@ class ByoProvisioner:
         reason: str,
         message: str,
         *,
-        retry: float | None,
         nodes: list[str] | None = None,
-        mismatched: list[str] | None = None,
     ) -> NodeReport:
         return NodeReport(
             ready=ready,
             reason=reason,
             message=message,
             worker_nodes=nodes or [],
-            retry_after_seconds=retry,
             target_node_count=req.node_count,
-            mismatched_nodes=mismatched or [],
         )

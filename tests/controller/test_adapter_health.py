@@ -38,7 +38,7 @@ REGISTRY_MESSAGE = (
     f"pulling {MISSING_REF}: manifest of {MISSING_REF} not found (MANIFEST_UNKNOWN manifest unknown)"
 )
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], None, 1)
+NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], 1)
 RUNNING = ServiceHealth(True, "Ready", "all Serve applications are RUNNING")
 
 
