@@ -1,5 +1,5 @@
-"""The controller's pure helpers: catalog errors as condition reasons, Kaito's inference ConfigMap,
-node requests and kopf credentials; which Workspace events start a reconcile, and in which order
+"""The controller's pure helpers: catalog errors as condition reasons, node requests and kopf
+credentials; which Workspace events start a reconcile, and in which order
 API calls get a thread."""
 
 from __future__ import annotations

@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from harness.fake_kuberay import SCHEMA_PATH
 from kuberay import RayClusterPlan
-
-SCHEMA_PATH = Path(__file__).parents[1] / "harness" / "kuberay_schema.json"
 
 
 @pytest.fixture(scope="session")

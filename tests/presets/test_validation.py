@@ -148,3 +148,21 @@ def test_updates_are_checked_against_the_old_object() -> None:
     assert validate_workspace(new, old) == [
         FieldError("inference.preset.name", "inference.preset.name is immutable")
     ]
+
+
+@pytest.mark.parametrize(
+    ("obj", "condition"),
+    [
+        (_inference("phi-3-mini", "Standard_NC24ads_A100_v4"), "InvalidPreset"),
+        (_inference("phi-3-mini-4k-instruct", "Standard_NC24ads_A100"), "InvalidInstanceType"),
+        (_tuning("falcon-40b-instruct", "lora", "Standard_ND96asr_v4"), "UnsupportedTuningMethod"),
+        (_tuning("llama-3.1-8b-instruct", "lora", "Standard_NC4as_T4_v3"), "InsufficientGPUMemory"),
+        (
+            _inference("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4", **{"kaito.sh/runtime": "tgi"}),
+            "InvalidWorkspace",
+        ),
+    ],
+)
+def test_each_problem_carries_the_condition_reason_of_its_error(obj: dict[str, Any], condition: str) -> None:
+    (error,) = validate_workspace(obj)
+    assert error.condition == condition
