@@ -8,7 +8,7 @@
 | `ControllerOptions`: resync, 409 retries, | `--resync-seconds`; the rest are fixed                 |
 | retry delay (with the `Settings`)         |                                                        |
 | `AksTarget`: the AKS cluster              | `--subscription-id`, `--resource-group`,               |
-|                                           | `--cluster-name` (`AZURE_*` defaults in the CLI)       |
+|                                           | `--cluster-name`, else `AZURE_*` (`aks_target`)        |
 | `ArmConnection`: ARM endpoint and backoff | `KAIRAY_ARM_ENDPOINT`, `KAIRAY_ARM_TOKEN`,             |
 |                                           | `KAIRAY_AZURE_BACKOFF_SECONDS`                         |
 
@@ -84,21 +84,31 @@ class AksTarget:
     cluster_name: str
 
 
+# Each AKS flag defaults to its variable (the controller Deployment sets them, `az` users often have them).
+AKS_FLAG_ENV = {
+    "--subscription-id": "AZURE_SUBSCRIPTION_ID",
+    "--resource-group": "AZURE_RESOURCE_GROUP",
+    "--cluster-name": "AZURE_CLUSTER_NAME",
+}
+
+
 def aks_target(
-    subscription_id: str | None, resource_group: str | None, cluster_name: str | None
+    subscription_id: str | None,
+    resource_group: str | None,
+    cluster_name: str | None,
+    environ: Mapping[str, str] | None = None,
 ) -> AksTarget | None:
-    """The AKS cluster named by flags, None when none of them is set; ConfigError when only some are."""
-    values = {
-        "--subscription-id": subscription_id,
-        "--resource-group": resource_group,
-        "--cluster-name": cluster_name,
-    }
+    """The AKS cluster named by flags or, for each flag not given, its `AZURE_*` variable in `environ`
+    (default `os.environ`); None when none is set, ConfigError when only some are."""
+    env = os.environ if environ is None else environ
+    given = zip(AKS_FLAG_ENV.items(), (subscription_id, resource_group, cluster_name), strict=True)
+    values = {flag: value or env.get(variable) for (flag, variable), value in given}
     missing = [flag for flag, value in values.items() if not value]
     if len(missing) == len(values):
         return None
     if missing:
         raise ConfigError(f"the AKS cluster needs {', '.join(missing)} too")
-    return AksTarget(subscription_id or "", resource_group or "", cluster_name or "")
+    return AksTarget(*(value or "" for value in values.values()))
 
 
 def settings_from_flags(runtime_image: str | None, node_provisioner: str | None) -> Settings:

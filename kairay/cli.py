@@ -305,17 +305,14 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 def _add_aks_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--subscription-id",
-        default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
         help="Azure subscription of the AKS cluster (default: $AZURE_SUBSCRIPTION_ID)",
     )
     parser.add_argument(
         "--resource-group",
-        default=os.environ.get("AZURE_RESOURCE_GROUP"),
         help="resource group of the AKS cluster (default: $AZURE_RESOURCE_GROUP)",
     )
     parser.add_argument(
         "--cluster-name",
-        default=os.environ.get("AZURE_CLUSTER_NAME"),
         help="AKS cluster for --node-provisioner=aks (default: $AZURE_CLUSTER_NAME)",
     )
 
