@@ -31,12 +31,14 @@ test: install
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not e2e and not slow" -p no:cacheprovider
 
+# ruff, mypy, and import-linter holding the dependency order of docs/architecture.md ([tool.importlinter]).
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
+	lint-imports
 
 bench: install
 	$(PYTHON) -m benchmarks.run
 
 clean:
-	rm -rf $(CACHE) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(CACHE) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -26,9 +26,9 @@ from kubernetes import client, watch
 from benchmarks.context import Context
 from benchmarks.servers import Launched
 from benchmarks.settings import FULL, RAW_DIR, REPO
-from controller.crds import load_crd
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, install_crds
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay, install_crds
+from kairay.api.crds import load_crd
 
 NAMESPACE = "default"
 NODE_LABELS = {"app": "kairay-bench"}

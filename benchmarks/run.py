@@ -19,8 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, report
+from benchmarks import machine, report, routing, serving
 from benchmarks.context import Context
+from benchmarks.fixtures import bench_workspace
 from benchmarks.settings import (
     ALL_SECTIONS,
     ENGINE_ENV,
@@ -32,6 +33,8 @@ from benchmarks.settings import (
     REPORT,
     RESULTS_DIR,
 )
+from controller.render import render
+from kairay.api.workspace import parse_workspace
 
 SERVING_SECTIONS = {"serving", "lora", "cold_start"}
 # Two engines start for the routing section (~2-3 min here) before it sends a request.
@@ -66,9 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def kairay_engine_args() -> tuple[dict[str, Any], bool]:
     """The engine args `kairay up` renders for the benchmark Workspace, and whether they are the raw
     server's flags (tensor/pipeline parallel 1 are vLLM's defaults)."""
-    from benchmarks.fixtures import bench_workspace
-    from controller.api.workspace import parse_workspace
-    from controller.render import render
+    # Imported here: it loads vLLM, which `--help` and the controller-only runs do without.
     from serve_apps.engines.vllm import cli_flags
 
     engine_args = render(parse_workspace(bench_workspace("bench-kairay", {})), "local").app.engine_args
@@ -154,18 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(args.sections)
 
     if wanted & SERVING_SECTIONS:
-        from benchmarks import serving
-
         measured = _guarded(ctx, "serving", serving.run, ctx, wanted)
         for name in wanted & SERVING_SECTIONS:
             results[name] = measured.get(name, {"skipped": measured.get("skipped", "not run")})
     if "controller" in wanted:
+        # Imported here: the fake API server and the Kubernetes client take ~1.5 s, for this section only.
         from benchmarks import controller_scale
 
         results["controller"] = _guarded(ctx, "controller", controller_scale.run, ctx)
     if "routing" in wanted:
-        from benchmarks import routing
-
         # A section asked for by name runs whatever the budget says.
         if ctx.remaining() < ROUTING_MIN_S and not args.explicit:
             results["routing"] = {

@@ -28,7 +28,7 @@ import httpx
 import psutil
 
 from benchmarks.settings import ENGINE_ENV, ENGINE_FLAGS, MODEL, REPO
-from tests.harness.kairay_up import KairayUp, free_port
+from harness.kairay_up import KairayUp, free_port
 
 # What each process of a server is, from its command line (Ray and vLLM retitle their processes).
 ROLES = (

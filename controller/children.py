@@ -16,7 +16,6 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from controller.api.workspace import CONDITION_INFERENCE_READY, Workspace
 from controller.cache import WatchCache
 from controller.conditions import REASON_ADAPTER_STATUS_UNKNOWN, Problem, adapter_problem
 from controller.events import event
@@ -25,6 +24,7 @@ from controller.kube import Kube
 from controller.nodes.base import NodeReport
 from controller.ownership import conflict, owned_by
 from controller.workloads.common import SERVICE_PORT, DesiredState
+from kairay.api.workspace import CONDITION_INFERENCE_READY, Workspace
 from kuberay.client import RAYJOBS, RAYSERVICES, describe, is_subset
 from kuberay.status import JobProgress, ServiceHealth, rayjob_progress, rayservice_health
 

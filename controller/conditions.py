@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from controller.api.workspace import (
+from controller.nodes.base import NodeReport
+from kairay.api.workspace import (
     CONDITION_INFERENCE_READY,
     CONDITION_JOB_STARTED,
     CONDITION_RESOURCE_READY,
@@ -36,7 +37,6 @@ from controller.api.workspace import (
     STATE_RUNNING,
     STATE_SUCCEEDED,
 )
-from controller.nodes.base import NodeReport
 from kuberay.status import JobProgress, ServiceHealth
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from controller.api.workspace import Workspace
 from controller.kube import Kube
+from kairay.api.workspace import Workspace
 from tuning.config import CONFIGMAP_KEY as TUNING_CONFIG_KEY
 from tuning.config import parse_yaml
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar, cast
 import urllib3
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1DeleteOptions, V1Preconditions
 
-from controller.api.workspace import GROUP
 from controller.gate import PRIORITY_OTHER, PriorityGate, executor_threads
 from controller.workloads.common import WORKSPACE_LABEL
+from kairay.api.workspace import GROUP
 from kuberay.client import RAYJOBS, ApplyResult, KubeRayClient, Plural, call, found
 from kuberay.cluster import GROUP as RAY_GROUP
 from kuberay.cluster import VERSION as RAY_VERSION

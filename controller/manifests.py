@@ -16,13 +16,10 @@ The RBAC grants only what the controller does:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from controller.crds import load_crd
-from controller.settings import DEFAULT_RUNTIME_IMAGE
-
-if TYPE_CHECKING:
-    from controller.main import AksTarget
+from controller.settings import DEFAULT_RUNTIME_IMAGE, AksTarget
+from kairay.api.crds import load_crd
 
 CONTROLLER_IMAGE = "ghcr.io/kairay/kairay-controller:0.1.0"
 NAME = "kairay-controller"

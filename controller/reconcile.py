@@ -29,7 +29,6 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiClient
 
-from controller.api.workspace import Workspace
 from controller.cache import Key, WatchCache, key
 from controller.children import Children
 from controller.conditions import Observation, WorkloadKind
@@ -43,6 +42,7 @@ from controller.settings import ControllerOptions
 from controller.status import USER_ERRORS, observation, report
 from controller.validate import misfit, validated
 from controller.workloads import DesiredState, desired_state
+from kairay.api.workspace import Workspace
 from kuberay.client import Conflict, describe
 from presets.sizing import SizingError
 

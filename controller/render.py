@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.api.workspace import Workspace
+from kairay.api.errors import KairayError
+from kairay.api.workspace import Workspace
 from presets.cpu import CpuDtype
 from presets.models import ModelPreset, resolve_preset
 from presets.sizing import InferencePlan, plan_inference, plan_local
@@ -24,10 +26,6 @@ MAX_LORAS_PER_REPLICA = 4
 MAX_LORA_RANK = 64
 # Where the RayService pods mount adapter pull secrets (one subdirectory per Secret).
 PULL_SECRETS_DIR = "/etc/kairay/pull-secrets"
-LIMITS_ANNOTATIONS = {
-    "kairay.io/max-ongoing-requests": "max_ongoing_requests",
-    "kairay.io/max-queued-requests": "max_queued_requests",
-}
 DEFAULT_LIMITS = {
     # vLLM batches continuously: many requests in flight per replica is how it gets throughput.
     "vllm": Limits(max_ongoing_requests=64, max_queued_requests=256),
@@ -36,8 +34,11 @@ DEFAULT_LIMITS = {
 }
 
 
-class RenderError(ValueError):
+class RenderError(KairayError, ValueError):
     """The Workspace cannot be rendered (it is a tuning Workspace, or uses a custom template)."""
+
+    reason = "UnsupportedWorkspace"
+    http_status = HTTPStatus.BAD_REQUEST
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,12 @@ def _bundles(gpus: int) -> list[dict[str, float]]:
 
 
 def _limits(ws: Workspace) -> Limits:
-    values = DEFAULT_LIMITS[ws.runtime].model_dump()
-    for annotation, field in LIMITS_ANNOTATIONS.items():
-        raw = ws.metadata.annotations.get(annotation)
-        if raw is not None:
-            values[field] = int(raw)
-    return Limits(**values)
+    default, options = DEFAULT_LIMITS[ws.runtime], ws.options
+    ongoing, queued = options.max_ongoing_requests, options.max_queued_requests
+    return Limits(
+        max_ongoing_requests=default.max_ongoing_requests if ongoing is None else ongoing,
+        max_queued_requests=default.max_queued_requests if queued is None else queued,
+    )
 
 
 def _env(target: Target) -> dict[str, str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from controller.api.workspace import CONDITION_RESOURCE_READY, STATE_FAILED, STATE_NOT_READY
 from controller.conditions import Observation, Problem, WorkloadKind, transitions, workspace_status
 from controller.events import event
 from controller.kube import Kube
 from controller.nodes.base import NodeReport
+from kairay.api.workspace import CONDITION_RESOURCE_READY, STATE_FAILED, STATE_NOT_READY
 from kuberay.client import merge_patch_diff
 from kuberay.status import JobProgress, ServiceHealth
 

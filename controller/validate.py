@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from controller.api.errors import FieldError
-from controller.api.validation import INSTANCE_TYPE, check_workspace
-from controller.api.workspace import Workspace, parse_workspace
 from controller.memo import Memo, editable
+from kairay.api.errors import FieldError
+from kairay.api.workspace import Workspace, parse_workspace
 from presets.sizing import SizingError
 from presets.skus import UnknownInstanceTypeError, get_sku
+from presets.validation import INSTANCE_TYPE, check_workspace
 
 REASON_INVALID_PRESET = "InvalidPreset"
 REASON_INVALID_INSTANCE_TYPE = "InvalidInstanceType"

@@ -15,7 +15,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from pathlib import Path
+
+from kairay.api.errors import KairayError
 
 LOCAL_MODELS: dict[str, tuple[str, str]] = {
     # preset name -> (python package shipping the GGUF, file name inside it)
@@ -29,8 +32,11 @@ _MARKER = "kairay-prepared-v2.json"
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
-class LocalModelError(RuntimeError):
+class LocalModelError(KairayError):
     """The local model cannot be prepared (package missing, conversion failed)."""
+
+    reason = "LocalModelUnavailable"
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 def cache_root() -> Path:

@@ -11,9 +11,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from kairay.api.errors import KairayError
 
 TUNING_METHODS = frozenset({"lora", "qlora"})
 
@@ -47,8 +50,11 @@ class ModelPreset:
         return int(value) if value is not None else None
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(KairayError, ValueError):
     """A preset name that is neither in the catalog, nor an `org/model` id, nor a model directory."""
+
+    reason = "InvalidPreset"
+    http_status = HTTPStatus.BAD_REQUEST
 
     def __init__(self, name: str, reason: str | None = None) -> None:
         self.name = name

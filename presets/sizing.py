@@ -22,8 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
+from kairay.api.errors import KairayError
 from presets.cpu import CpuDtype, cpu_serving_dtype
 from presets.models import DTYPE_BYTES, TUNING_METHODS, ModelPreset
 from presets.skus import GpuSku
@@ -49,8 +51,11 @@ TRAIN_MEMORY_FRACTION = 0.9
 DEFAULT_TUNING_SEQ_LEN = 2048
 
 
-class SizingError(ValueError):
+class SizingError(KairayError, ValueError):
     """The model does not fit; the message gives the memory needed and the memory available."""
+
+    reason = "InsufficientGPUMemory"
+    http_status = HTTPStatus.BAD_REQUEST
 
     def __init__(self, message: str, *, need_gb: float, available_gb: float) -> None:
         super().__init__(message)

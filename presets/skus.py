@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import MappingProxyType
 
+from kairay.api.errors import KairayError
 from presets.models import suggest
 
 
@@ -32,7 +34,10 @@ class GpuSku:
         return f"{self.name} ({self.gpu_count} x {self.gpu_model} {self.gpu_memory_gb:g} GB)"
 
 
-class UnknownInstanceTypeError(ValueError):
+class UnknownInstanceTypeError(KairayError, ValueError):
+    reason = "InvalidInstanceType"
+    http_status = HTTPStatus.BAD_REQUEST
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.suggestion = suggest(name, SKUS)

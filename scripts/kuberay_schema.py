@@ -1,4 +1,4 @@
-"""Regenerate tests/harness/kuberay_schema.json from KubeRay's released CRDs.
+"""Regenerate harness/kuberay_schema.json from KubeRay's released CRDs.
 
     python scripts/kuberay_schema.py PATH --release v1.7.0 [--out FILE]
 
@@ -23,7 +23,7 @@ import yaml
 KINDS = {"RayService": "rayservices", "RayJob": "rayjobs", "RayCluster": "rayclusters"}
 VERSION = "v1"
 CRD_DIR = Path("ray-operator/config/crd/bases")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests/harness/kuberay_schema.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "harness/kuberay_schema.json"
 # Prose and examples: everything else in a CRD schema is a fact the API server acts on.
 _PROSE = frozenset({"description", "example", "externalDocs", "title"})
 # Keys whose values are data, not nested schemas (their entries must not be filtered as keywords).

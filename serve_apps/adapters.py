@@ -18,6 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kairay.oci import images
+from kairay.oci.adapters import check_adapter_dir
+from kairay.oci.registry import default_docker_config
+from presets.local_model import cache_root
 from serve_apps.config import AdapterConfig
 from serve_apps.protocol import LoadedAdapter
 
@@ -40,8 +44,6 @@ class AdapterError(RuntimeError):
 def cache_dir(configured: str | None) -> Path:
     if configured:
         return Path(configured)
-    from presets.local_model import cache_root
-
     return cache_root() / "adapters"
 
 
@@ -52,8 +54,6 @@ def docker_config_for(adapter: AdapterConfig, docker_config_dir: str | None) -> 
     would (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): Secrets exist only in a cluster.
     """
     if not docker_config_dir:
-        from tuning.images import default_docker_config
-
         return default_docker_config()
     for secret in adapter.image_pull_secrets:
         candidate = Path(docker_config_dir) / secret / ".dockerconfigjson"
@@ -89,8 +89,6 @@ def check_dir(name: str, path: Path) -> None:
 
 
 def _pull(adapter: AdapterConfig, cache: Path, base_model: str, docker_config_dir: str | None) -> Path:
-    from tuning import images
-
     ref = adapter.image or ""
     target = cache / "images" / hashlib.sha256(ref.encode()).hexdigest()[:16]
     with _locked(target.with_suffix(".lock")):
@@ -99,7 +97,7 @@ def _pull(adapter: AdapterConfig, cache: Path, base_model: str, docker_config_di
         except Exception as exc:
             raise AdapterError(adapter.name, "AdapterPullFailed", f"pulling {ref}: {exc}") from exc
     try:
-        images.check_adapter_dir(target, base_model)
+        check_adapter_dir(target, base_model)
     except Exception as exc:
         raise AdapterError(adapter.name, "AdapterInvalid", str(exc)) from exc
     return target

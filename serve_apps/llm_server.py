@@ -21,6 +21,8 @@ from typing import Any
 
 from ray import serve
 
+from presets.local_model import prepare
+from presets.models import resolve_preset
 from serve_apps.adapter_registry import AdapterRegistry
 from serve_apps.config import AdaptersConfig, AppConfig
 from serve_apps.errors import EngineError, ServingError
@@ -34,13 +36,9 @@ def resolve_model_path(config: AppConfig) -> str:
     if config.model.path:
         return config.model.path
     if config.model.local:
-        from presets.local_model import prepare
-
         return str(prepare(config.model.preset, progress=False))
     if Path(config.model.preset).is_dir():
         return config.model.preset
-    from presets.models import resolve_preset
-
     return resolve_preset(config.model.preset).model_id
 
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kairay.api.errors import KairayError
+
 DEFAULT_TEMP_DIR = "/tmp/kairay-ray"
 TERMINAL_FAILURES = {"DEPLOY_FAILED", "UNHEALTHY"}
 
 
-class DeployError(RuntimeError):
+class DeployError(KairayError):
     """The Serve application failed to deploy; the message is Serve's."""
+
+    reason = "DeployFailed"
 
 
 @dataclass(frozen=True)

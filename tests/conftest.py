@@ -1,4 +1,4 @@
-"""Shared fixtures. Servers the tests start live in tests/harness/; they bind 127.0.0.1 only."""
+"""Shared fixtures. Servers the tests start live in harness/ and tests/harness/; they bind 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# No hub, no telemetry, caches inside the work tree (DESIGN.md, "Facts measured").
+# No hub, no telemetry, caches inside the work tree.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -20,7 +20,7 @@ os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.harness.kairay_up import KairayUp, kairay_up, make_lora_adapter, workspace  # noqa: E402
+from harness.kairay_up import KairayUp, kairay_up, make_lora_adapter, workspace  # noqa: E402
 
 pytest_plugins = [
     "tests.harness.fixtures",

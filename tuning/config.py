@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kairay.api.configmaps import TUNING_CONFIG_KEY, ConfigMapError, configmap_entry
+from kairay.api.errors import KairayError
+
 TuningMethod = Literal["lora", "qlora"]
 TUNING_METHODS: tuple[TuningMethod, ...] = ("lora", "qlora")
 
 # The ConfigMap key Kaito mounts at /mnt/config/training_config.yaml.
-CONFIGMAP_KEY = "training_config.yaml"
+CONFIGMAP_KEY = TUNING_CONFIG_KEY
 TOP_LEVEL_KEY = "training_config"
 
 SECTIONS: tuple[str, ...] = (
@@ -47,8 +51,12 @@ SECTIONS: tuple[str, ...] = (
 )
 
 
-class TuningConfigError(ValueError):
+class TuningConfigError(KairayError):
     """The tuning configuration cannot be used; the message names the section (and key) at fault."""
+
+    # What the controller reports for a tuning ConfigMap it cannot use.
+    reason = ConfigMapError.reason
+    http_status = HTTPStatus.BAD_REQUEST
 
 
 class _Section(BaseModel):
@@ -318,14 +326,11 @@ def parse_yaml(text: str, *, method: str, source: str = "training_config") -> Tu
 
 def load_configmap_data(data: Mapping[str, str], *, method: str, name: str = "ConfigMap") -> TuningConfig:
     """Parse a ConfigMap's `data`: the `training_config.yaml` entry (or its only entry)."""
-    if CONFIGMAP_KEY in data:
-        key = CONFIGMAP_KEY
-    elif len(data) == 1:
-        key = next(iter(data))
-    else:
-        found = ", ".join(sorted(data)) or "none"
-        raise TuningConfigError(f"{name}: no {CONFIGMAP_KEY!r} key in data (keys: {found})")
-    return parse_yaml(data[key], method=method, source=f"{name}[{key}]")
+    try:
+        key, text = configmap_entry(data, CONFIGMAP_KEY, name)
+    except ConfigMapError as exc:
+        raise TuningConfigError(str(exc)) from None
+    return parse_yaml(text, method=method, source=f"{name}[{key}]")
 
 
 def load_config_file(path: str | Path, *, method: str) -> TuningConfig:

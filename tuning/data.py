@@ -2,7 +2,7 @@
 
 Sources (Kaito's `tuning.input`): `urls` (http/https; parquet, jsonl/json or csv, told apart by the
 file extension, then the Content-Type, then the first bytes), an OCI `image` holding the files under
-`/data` (pulled with `tuning.images.pull_data`), or a local path (a `volumeSource` hostPath, or the
+`/data` (pulled with `kairay.oci.images.pull_data`), or a local path (a `volumeSource` hostPath, or the
 directory a cluster volume is mounted at).
 
 Formats: conversational `{"messages": [{"role", "content"}, ...]}` (dolly-15k-oai-style), instruction
@@ -29,6 +29,7 @@ import ssl
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +37,10 @@ import numpy as np
 import pyarrow as pa
 import urllib3
 
+from kairay.api.errors import KairayError
+from kairay.oci.images import pull_data
+from kairay.oci.registry import DockerConfigArg, RegistryError
 from tuning.config import DatasetConfig
-from tuning.images import DockerConfigArg, RegistryError, pull_data
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +75,11 @@ _METADATA_ADDRESSES = frozenset({ipaddress.ip_address("168.63.129.16")})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class DatasetError(ValueError):
+class DatasetError(KairayError):
     """The tuning data cannot be used; the message names the URL, image or file at fault."""
+
+    reason = "InvalidTuningData"
+    http_status = HTTPStatus.BAD_REQUEST
 
 
 class URLRefusedError(DatasetError):

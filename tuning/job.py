@@ -34,8 +34,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kairay.api.errors import KairayError
+from kairay.api.workspace import Workspace, load_workspace_file, parse_workspace
+from kairay.oci.adapters import ADAPTER_FILES, AdapterError, check_adapter_dir
+from kairay.oci.images import PushedImage, push_adapter
+from kairay.oci.registry import RegistryError
+from presets.local_model import prepare
+from presets.models import ModelPreset, resolve_preset
 from tuning.config import (
     TuningConfig,
     TuningConfigError,
@@ -46,19 +53,7 @@ from tuning.config import (
     load_configmap_data,
 )
 from tuning.data import DatasetError, DataSource, prepare_data
-from tuning.images import (
-    ADAPTER_FILES,
-    AdapterError,
-    PushedImage,
-    RegistryError,
-    check_adapter_dir,
-    push_adapter,
-)
 from tuning.train import StepMetrics, TrainRequest, check_library_keys, train_adapter
-
-if TYPE_CHECKING:
-    from controller.api.workspace import Workspace
-    from presets.models import ModelPreset
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +217,6 @@ def resolve_model_path(preset: ModelPreset, config: TuningConfig, override: str 
     if config.model.pretrained_model_name_or_path:
         return config.model.pretrained_model_name_or_path
     if preset.local:
-        from presets.local_model import prepare
-
         return str(prepare(preset.name, progress=False))
     return preset.model_id
 
@@ -292,8 +285,6 @@ def run_tuning(
     from ray.train.v2.api.config import RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
     from ray.util.queue import Empty, Queue
-
-    from presets.models import resolve_preset
 
     started = time.monotonic()
     preset = resolve_preset(spec.preset)
@@ -497,8 +488,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_workspace_argument(value: str) -> tuple[Workspace, dict[str, dict[str, str]]]:
     """The Workspace (and any ConfigMaps next to it) from a file path or inline JSON."""
-    from controller.api.workspace import load_workspace_file, parse_workspace
-
     text = value.strip()
     if text.startswith("{"):
         try:
@@ -527,8 +516,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _Arguments(**vars(_parser().parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from controller.api.errors import WorkspaceError
-
         workspace, configmaps = load_workspace_argument(arguments.workspace)
         if workspace.tuning is None:
             raise TuningConfigError("the Workspace has no tuning section")
@@ -555,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_tuning(
             spec, max_steps=arguments.max_steps, ray_address=arguments.ray_address, progress=_print_step
         )
-    except (TuningConfigError, DatasetError, RegistryError, AdapterError, WorkspaceError) as exc:
+    except KairayError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     summary = {

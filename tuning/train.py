@@ -26,9 +26,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from kairay.oci.adapters import ADAPTER_CONFIG, ADAPTER_FILES
 from tuning.config import TuningConfig, TuningConfigError
 from tuning.data import DataFormat
-from tuning.images import ADAPTER_CONFIG, ADAPTER_FILES
 
 logger = logging.getLogger(__name__)
 

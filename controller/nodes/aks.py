@@ -8,13 +8,11 @@ long-running operation: PUT/DELETE are sent with polling disabled and the next `
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
@@ -45,6 +43,7 @@ from controller.nodes.base import (
     pool_name,
     pool_node_labels,
 )
+from controller.settings import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +115,6 @@ def retry_after(exc: AzureError) -> float:
         return 0.0  # an HTTP date: rare from ARM, and the backoff still applies
 
 
-def is_loopback_url(url: str) -> bool:
-    """True when `url` points at this machine (localhost or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class LoopbackAuthenticationPolicy(AsyncARMChallengeAuthenticationPolicy):
     """ARM bearer auth that also sends the token over plain http, to loopback addresses only.
 
@@ -191,7 +179,6 @@ class AksProvisioner:
         *,
         base_url: str | None = None,
         core_v1_api: CoreV1Api | None = None,
-        polling_interval: float = 15.0,
         backoff_base_seconds: float = 15.0,
         backoff_max_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -206,7 +193,6 @@ class AksProvisioner:
         )
         # The default client uses the configuration the controller loaded (in-cluster or kubeconfig).
         self._core = core_v1_api or CoreV1Api()
-        self._poll = polling_interval
         self._backoff_base = backoff_base_seconds
         self._backoff_max = backoff_max_seconds
         self._clock = clock
@@ -239,11 +225,11 @@ class AksProvisioner:
         provisioning = pool.provisioning_state or ""
         if provisioning in _IN_PROGRESS:
             return NodeReport.of(
-                req, False, Reason.POOL_PROVISIONING, f"agent pool {name} is {provisioning}", retry=self._poll
+                req, False, Reason.POOL_PROVISIONING, f"agent pool {name} is {provisioning}"
             )
         if provisioning == "Deleting":
             return NodeReport.of(
-                req, False, Reason.POOL_DELETING, f"agent pool {name} is being deleted", retry=self._poll
+                req, False, Reason.POOL_DELETING, f"agent pool {name} is being deleted"
             )
         if (pool.vm_size or "").lower() != req.instance_type.lower():
             # AKS cannot change the VM size of an existing pool, and deleting someone's pool to fix
@@ -254,7 +240,6 @@ class AksProvisioner:
                 Reason.POOL_MISMATCH,
                 f"agent pool {name} has vmSize {pool.vm_size}, the Workspace asks for {req.instance_type}; "
                 "AKS cannot resize VMs of a pool: delete the pool to recreate it",
-                retry=self._backoff_max,
             )
         if provisioning == "Failed":
             if state.failure is None:
@@ -338,12 +323,12 @@ class AksProvisioner:
             # errors included, to ResourceExistsError, so the status code is what tells them apart.
             if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 message = f"agent pool {name} already exists"
-                return NodeReport.of(req, False, Reason.POOL_PROVISIONING, message, retry=self._poll)
+                return NodeReport.of(req, False, Reason.POOL_PROVISIONING, message)
             return self._record_failure(req, state, failure_from_exception(exc), retry_after(exc))
         # `attempts` stays until the pool succeeds, so that a failure after this retry backs off longer.
         state.retry_at = None
         state.failure = None
-        return NodeReport.of(req, False, Reason.POOL_PROVISIONING, action, retry=self._poll)
+        return NodeReport.of(req, False, Reason.POOL_PROVISIONING, action)
 
     def _record_failure(
         self, req: NodeRequest, state: _RetryState, failure: AzureFailure, not_before: float = 0.0
@@ -364,7 +349,6 @@ class AksProvisioner:
             False,
             state.failure.reason,
             state.failure.describe(),
-            retry=max(state.retry_at - now, 0.0),
         )
 
     @staticmethod
@@ -392,7 +376,7 @@ class AksProvisioner:
         try:
             nodes = await asyncio.to_thread(self._core.list_node, label_selector=selector)
         except ApiException as exc:
-            return NodeReport.listing_failed(req, exc, retry=self._poll)
+            return NodeReport.listing_failed(req, exc)
         ready = sorted(node_name(n) for n in nodes.items if node_is_ready(n))
         if len(ready) >= req.node_count:
             return NodeReport.of(
@@ -401,7 +385,6 @@ class AksProvisioner:
                 Reason.READY,
                 f"agent pool {name}: {len(ready)} nodes Ready",
                 nodes=ready,
-                retry=None,
             )
         return NodeReport.of(
             req,
@@ -409,5 +392,4 @@ class AksProvisioner:
             Reason.NODES_NOT_READY,
             f"agent pool {name} succeeded; {len(ready)} of {req.node_count} nodes Ready",
             nodes=ready,
-            retry=self._poll,
         )

@@ -120,10 +120,7 @@ class NodeReport:
     reason: str
     message: str
     worker_nodes: list[str] = field(default_factory=list)
-    # When the controller should call `ensure`/`release` again; None once nothing is pending.
-    retry_after_seconds: float | None = None
     target_node_count: int = 0
-    mismatched_nodes: list[str] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -133,9 +130,7 @@ class NodeReport:
         reason: str,
         message: str,
         *,
-        retry: float | None,
         nodes: list[str] | None = None,
-        mismatched: list[str] | None = None,
     ) -> NodeReport:
         """The verdict on `req`, as every provisioner words it."""
         return cls(
@@ -143,16 +138,14 @@ class NodeReport:
             reason=reason,
             message=message,
             worker_nodes=nodes or [],
-            retry_after_seconds=retry,
             target_node_count=req.node_count,
-            mismatched_nodes=mismatched or [],
         )
 
     @classmethod
-    def listing_failed(cls, req: NodeRequest, exc: ApiException, *, retry: float) -> NodeReport:
+    def listing_failed(cls, req: NodeRequest, exc: ApiException) -> NodeReport:
         """The nodes could not be listed: nothing is known about them yet."""
         message = f"listing nodes failed: {exc.status} {exc.reason}"
-        return cls.of(req, False, Reason.KUBERNETES_ERROR, message, retry=retry)
+        return cls.of(req, False, Reason.KUBERNETES_ERROR, message)
 
 
 class NodeProvisioner(Protocol):

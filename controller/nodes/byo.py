@@ -74,12 +74,11 @@ class ByoProvisioner:
     """`NodeProvisioner` over nodes the user already has (`--node-provisioner=byo`, `preferredNodes`)."""
 
     def __init__(
-        self, core_v1_api: CoreV1Api, *, polling_interval: float = 15.0, listing_max_age: float = 2.0
+        self, core_v1_api: CoreV1Api, *, listing_max_age: float = 2.0
     ) -> None:
         """`listing_max_age`: how long one node listing answers for every Workspace with the same
         labelSelector (a burst of new Workspaces would otherwise list the nodes once each)."""
         self._core = core_v1_api
-        self._poll = polling_interval
         self._max_age = listing_max_age
         self._listings: dict[str, tuple[float, asyncio.Future[V1NodeList]]] = {}
 
@@ -95,7 +94,7 @@ class ByoProvisioner:
         try:
             nodes = await self._list(selector)
         except ApiException as exc:
-            return NodeReport.listing_failed(req, exc, retry=self._poll)
+            return NodeReport.listing_failed(req, exc)
 
         preferred = {name: i for i, name in enumerate(req.preferred_nodes)}
         usable: list[tuple[str, GpuFacts]] = []
@@ -127,8 +126,6 @@ class ByoProvisioner:
                 Reason.READY,
                 message,
                 nodes=[name for name, _ in chosen],
-                mismatched=sorted(mismatched),
-                retry=None,
             )
 
         message = f"{len(usable)} of {req.node_count} nodes matching labelSelector {selector!r} are Ready" + (
@@ -146,8 +143,6 @@ class ByoProvisioner:
             Reason.NODE_MISMATCH if mismatched else Reason.NODES_NOT_READY,
             message,
             nodes=[name for name, _ in chosen],
-            mismatched=sorted(mismatched),
-            retry=self._poll,
         )
 
     async def _list(self, selector: str) -> V1NodeList:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.api.workspace import Workspace
 from controller.settings import Settings
 from controller.workloads.common import DesiredState
 from controller.workloads.inference import inference_state
 from controller.workloads.tuning import tuning_state
+from kairay.api.workspace import Workspace
 
 
 def desired_state(

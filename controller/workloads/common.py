@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from controller.api.workspace import Workspace
 from controller.conditions import WorkloadKind
 from controller.nodes.base import LabelRequirement, NodeRequest
 from controller.settings import Settings
+from kairay.api.workspace import Workspace
 from kuberay.cluster import RayClusterPlan
 from presets.sizing import InferencePlan, TuningPlan
 

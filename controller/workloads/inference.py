@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.api.workspace import Workspace
 from controller.render import PULL_SECRETS_DIR, RenderError, render
 from controller.settings import Settings
 from controller.workloads.common import (
@@ -22,6 +21,7 @@ from controller.workloads.common import (
     node_request,
     owner_reference,
 )
+from kairay.api.workspace import Workspace
 from kuberay.cluster import SERVE_PORT
 from kuberay.rayservice import build_rayservice
 

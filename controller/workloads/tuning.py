@@ -18,9 +18,15 @@ import json
 import shlex
 from typing import Any
 
-from controller.api.workspace import TuningSpec, Workspace
 from controller.settings import Settings
-from controller.workloads.common import DesiredState, cluster_plan, disk_gb, model_access_env, node_request
+from controller.workloads.common import (
+    DesiredState,
+    cluster_plan,
+    disk_gb,
+    model_access_env,
+    node_request,
+)
+from kairay.api.workspace import TuningSpec, Workspace
 from kuberay.cluster import MAX_NAME_LENGTH
 from kuberay.rayjob import build_rayjob
 from presets.models import resolve_preset

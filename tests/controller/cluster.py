@@ -17,15 +17,15 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
-from controller.api.workspace import parse_workspace
-from controller.crds import load_crd
 from controller.manifests import manifests
 from controller.settings import Settings
 from controller.workloads import render_objects
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay, kuberay_crds
+from kairay.api.crds import load_crd
+from kairay.api.workspace import parse_workspace
 from presets.sizing import InferencePlan
 from presets.skus import GpuSku, get_sku
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, kuberay_crds
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_IMAGE = "registry.test/kairay-runtime:test"

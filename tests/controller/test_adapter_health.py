@@ -25,6 +25,9 @@ from kubernetes.client.exceptions import ApiException
 from controller.conditions import Observation, Problem, adapter_problem, workspace_status
 from controller.manifests import manifests
 from controller.nodes.base import NodeReport
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
+from harness.kairay_up import free_port
 from kuberay.status import ServiceHealth
 from tests.controller.cluster import (
     Cluster,
@@ -35,9 +38,6 @@ from tests.controller.cluster import (
     service_account_kubeconfig,
     state,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
-from tests.harness.kairay_up import free_port
 
 NAMESPACE = "adapters"
 MISSING_REF = "registry.test/adapters/missing:1"
@@ -46,7 +46,7 @@ REGISTRY_MESSAGE = (
     f"pulling {MISSING_REF}: manifest of {MISSING_REF} not found (MANIFEST_UNKNOWN manifest unknown)"
 )
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], None, 1)
+NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], 1)
 RUNNING = ServiceHealth(True, "Ready", "all Serve applications are RUNNING")
 
 

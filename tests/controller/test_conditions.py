@@ -17,8 +17,8 @@ from kuberay.status import JobProgress, ServiceHealth, rayjob_progress, rayservi
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
-NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], None, 1)
-NODES_WAITING = NodeReport(False, "NodesNotReady", "0 of 2 nodes are Ready", [], 15.0, 2)
+NODES_READY = NodeReport(True, "Ready", "1 nodes Ready", ["gpu-0"], 1)
+NODES_WAITING = NodeReport(False, "NodesNotReady", "0 of 2 nodes are Ready", [], 2)
 
 
 def rayservice(
@@ -102,7 +102,7 @@ def test_transition_time_moves_only_when_the_status_does() -> None:
     assert waiting["state"] == "Pending" and waiting["targetNodeCount"] == 2
 
     # Same status, new reason and generation: the time stays.
-    mismatch = NodeReport(False, "NodeMismatch", "gpu-0: 1 GPUs, needs 2", [], 15.0, 2)
+    mismatch = NodeReport(False, "NodeMismatch", "gpu-0: 1 GPUs, needs 2", [], 2)
     later = workspace_status("inference", Observation(2, nodes=mismatch), waiting, T1)
     resource = by_type(later)["ResourceReady"]
     assert (resource["reason"], resource["observedGeneration"]) == ("NodeMismatch", 2)

@@ -20,11 +20,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.api.workspace import parse_workspace
-from controller.crds import load_crd
-from controller.crds.schema import NOT_DECLARED
 from controller.finalizer import FINALIZER
 from controller.workloads.tuning import PUSH_SECRET_DIR, rayjob_name
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
+from kairay.api.crds import load_crd
+from kairay.api.crds.schema import NOT_DECLARED
+from kairay.api.workspace import parse_workspace
 from kuberay.client import SPEC_HASH_ANNOTATION
 from tests.controller.cluster import (
     A100,
@@ -40,8 +42,6 @@ from tests.controller.cluster import (
     tuning_workspace,
 )
 from tests.controller.samples import Sample, load_samples
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 SECRET_VALUE = "s3cr3t-registry-password-do-not-leak"
 # Fake KubeRay's watches end this often; stopping it waits for them.

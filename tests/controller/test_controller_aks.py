@@ -1,6 +1,6 @@
 """The real controller (`kairay controller --node-provisioner aks`) against the fake API server, fake
 KubeRay and the fake ARM on 127.0.0.1, which the controller's real `ContainerServiceClient` talks to
-through the loopback-only test hooks (`controller.main.ArmConnection`).
+through the loopback-only test hooks (`controller.settings.ArmConnection`).
 
 The fake ARM plays AKS and the VM scale set: when a pool's operation succeeds its nodes register in
 the fake API server with the pool's labels and taints and the GPU labels of the instance type. One
@@ -20,10 +20,12 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 
-from controller.main import ArmConnection, ConfigError
 from controller.nodes.aks import ARM_SCOPE, LoopbackAuthenticationPolicy, StaticTokenCredential
 from controller.nodes.base import GPU_TAINT, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, pool_name
+from controller.settings import ArmConnection, ConfigError
 from controller.workloads.common import AKS_DEFAULT_OS_DISK_GB, RUNTIME_DISK_GB
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from presets.models import resolve_preset
 from presets.sizing import SizingError, plan_inference
 from presets.skus import get_sku
@@ -41,9 +43,7 @@ from tests.controller.cluster import (
     sized_workspace,
     state,
 )
-from tests.harness.fake_apiserver import FakeApiServer
 from tests.harness.fake_arm import FAKE_TOKEN, FakeArm
-from tests.harness.fake_kuberay import FakeKubeRay
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
 RG = "rg-kairay"

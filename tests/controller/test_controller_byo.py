@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from controller.finalizer import FINALIZER
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from presets.models import resolve_preset
 from presets.sizing import SizingError, plan_inference
 from presets.skus import get_sku
@@ -29,8 +31,6 @@ from tests.controller.cluster import (
     sized_workspace,
     state,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 A100X2 = "Standard_NC48ads_A100_v4"
 V100X2 = "Standard_NC12s_v3"

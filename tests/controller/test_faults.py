@@ -16,6 +16,8 @@ import pytest
 from controller.conditions import REASON_ADAPTER_STATUS_UNKNOWN
 from controller.finalizer import FINALIZER
 from controller.kube import HEALTH_MAX_BYTES, HEALTH_TIMEOUT
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from tests.controller.cluster import Cluster, Controller, condition_is, conditions, install_crds
 from tests.controller.test_controller import (
     WATCH_SECONDS,
@@ -26,8 +28,6 @@ from tests.controller.test_controller import (
     ready,
     serving,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 READS = ("get", "list")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from controller.leader import LEASE_NAME, LeaderElector
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from tests.controller.cluster import Cluster, Controller, install_crds
 from tests.controller.test_controller import WATCH_SECONDS, adapter, inference_workspace, ready
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 
 def holder(cluster: Cluster) -> str | None:

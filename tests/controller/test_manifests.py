@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.crds import load_crd
-from controller.main import AksTarget
 from controller.manifests import HEALTH_PORT, manifests
+from controller.settings import AksTarget
+from kairay.api.crds import load_crd
 from kairay.cli import main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kairay.yaml"

@@ -13,10 +13,10 @@ import pytest
 
 from controller.conditions import REASON_RESOURCE_CONFLICT
 from controller.ownership import conflict, owned_by
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from tests.controller.cluster import PLURAL, Cluster, Controller, condition_is, conditions, install_crds
 from tests.controller.test_controller import WATCH_SECONDS, inference_workspace, ready
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from controller.nodes.base import NodeProvisioner
 from controller.nodes.byo import ByoProvisioner
 from controller.reconcile import Reconciler
 from controller.settings import ControllerOptions
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from tests.controller.cluster import A100, SETTINGS, Cluster, install_crds, sized_workspace, tuning_workspace
 from tests.controller.workspaces import workspace
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 
 
 def test_only_workspace_events_with_news_start_a_reconcile() -> None:

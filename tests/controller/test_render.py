@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from controller.api.workspace import parse_workspace
 from controller.render import render, render_serve_config
 from controller.workloads import render_objects
+from kairay.api.workspace import parse_workspace
 from serve_apps.config import LLM_DEPLOYMENT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

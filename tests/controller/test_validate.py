@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from controller.api.validation import validate_workspace
 from controller.status import problem
 from controller.validate import InvalidWorkspace
+from presets.validation import validate_workspace
 from tests.controller.workspaces import workspace
 
 

@@ -40,18 +40,12 @@ import pytest
 import yaml
 
 from controller.conditions import adapter_problem
+from harness.kairay_up import KairayUp, kairay_up, workspace
+from kairay.oci.adapters import check_adapter_dir
+from kairay.oci.images import BASE_MODEL_ANNOTATION, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, pull_adapter
 from tests.harness.fixtures_registry import AUTH_PASSWORD, AUTH_USER
-from tests.harness.kairay_up import KairayUp, kairay_up, workspace
 from tests.harness.registry import RegistryServer
 from tuning.config import default_config
-from tuning.images import (
-    BASE_MODEL_ANNOTATION,
-    OCI_CONFIG,
-    OCI_LAYER_GZIP,
-    OCI_MANIFEST,
-    check_adapter_dir,
-    pull_adapter,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

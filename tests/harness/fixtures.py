@@ -10,7 +10,7 @@ import kubernetes.config
 import kubernetes.config.kube_config
 import pytest
 
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.fake_apiserver import FakeApiServer
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.harness.apiserver.http import ADMIN_TOKEN
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.apiserver.http import ADMIN_TOKEN
+from harness.fake_apiserver import FakeApiServer
 
 
 class Http:

@@ -22,8 +22,8 @@ import urllib3
 import yaml
 from kubernetes import client, config, watch
 
-from tests.harness.apiserver.http import ADMIN_TOKEN
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.apiserver.http import ADMIN_TOKEN
+from harness.fake_apiserver import FakeApiServer
 from tests.harness.fixtures import fake_apiserver, k8s_api_client
 
 __all__ = ["fake_apiserver", "k8s_api_client"]  # fixtures, re-exported so pytest finds them here
@@ -677,7 +677,7 @@ def test_crd_from_yaml_with_pluggable_validation(
 
 
 def test_crd_validation_with_the_product_validator(fake_apiserver: FakeApiServer, custom: Api) -> None:
-    pytest.importorskip("controller.crds.schema")
+    pytest.importorskip("kairay.api.crds.schema")
     fake_apiserver.register_crd(yaml.safe_load(WIDGET_CRD_YAML))
     gadget = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {}}
     stored = custom.create_namespaced_custom_object(GROUP, "v1", NS, "gadgets", {**gadget, "extra": 1})
@@ -744,7 +744,7 @@ def test_standalone_cli(tmp_path: Path) -> None:
     crds.write_text(WIDGET_CRD_YAML)
     command = ["--port", "0", "--kubeconfig", str(kubeconfig), "--crd", str(crds)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.fake_apiserver", *command],
+        [sys.executable, "-m", "harness.fake_apiserver", *command],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         text=True,
@@ -767,7 +767,7 @@ def test_workspace_crd_and_examples_from_the_repository(
     k8s_api_client: client.ApiClient, custom: Api
 ) -> None:
     root = Path(__file__).resolve().parents[2]
-    crd_file, example = root / "controller/crds/workspace.yaml", root / "examples/phi-3-mini.yaml"
+    crd_file, example = root / "kairay/api/crds/workspace.yaml", root / "examples/phi-3-mini.yaml"
     assert crd_file.exists() and example.exists(), "the Workspace CRD and examples ship with the repository"
     extensions: Api = client.ApiextensionsV1Api(k8s_api_client)
     extensions.create_custom_resource_definition(yaml.safe_load(crd_file.read_text()))

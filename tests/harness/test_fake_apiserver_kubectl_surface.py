@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.apiserver.tables import human_duration, json_path
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.apiserver.tables import human_duration, json_path
+from harness.fake_apiserver import FakeApiServer
 from tests.harness.raw_http import Http
 
 GROUP, PLURAL = "test.kairay.io", "gadgets"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.harness.apiserver.rbac import granted
-from tests.harness.fake_apiserver import FakeApiServer
+from harness.apiserver.rbac import granted
+from harness.fake_apiserver import FakeApiServer
 from tests.harness.raw_http import Http
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"

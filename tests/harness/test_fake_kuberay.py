@@ -13,6 +13,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, load_schema, schema_errors
 from kuberay import (
     RAYJOBS,
     RAYSERVICES,
@@ -24,8 +26,6 @@ from kuberay import (
     rayjob_progress,
     rayservice_health,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay, install_crds, kuberay_crds, load_schema, schema_errors
 
 T = TypeVar("T")
 NS = "default"

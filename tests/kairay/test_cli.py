@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.kairay_up import KairayUp
 from kairay.cli import main
-from tests.harness.kairay_up import KairayUp
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import FakeKubeRay
 from presets.skus import get_sku
 from tests.controller.cluster import (
     Cluster,
@@ -30,8 +32,6 @@ from tests.controller.cluster import (
     is_ready,
     service_account_kubeconfig,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import FakeKubeRay
 from tests.harness.kubectl import PINNED_VERSION, Kubectl, client_version, kubectl_binary
 
 REPO = Path(__file__).resolve().parents[2]

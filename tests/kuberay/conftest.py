@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from harness import fake_kuberay
 from kuberay import RayClusterPlan
-from tests.harness import fake_kuberay
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from harness.fake_apiserver import FakeApiServer
+from harness.fake_kuberay import install_crds
 from kuberay import (
     RAYJOBS,
     RAYSERVICES,
@@ -20,8 +22,6 @@ from kuberay import (
     build_rayservice,
     merge_patch_diff,
 )
-from tests.harness.fake_apiserver import FakeApiServer
-from tests.harness.fake_kuberay import install_crds
 from tests.kuberay.conftest import gpu_plan
 
 SERVE: dict[str, Any] = {

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness.kairay_up import KairayUp
+from harness.kairay_up import KairayUp
 from tests.serve_apps.reference import Reference, divergence, greedy_reference
 
 pytestmark = pytest.mark.e2e

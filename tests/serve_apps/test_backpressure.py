@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.harness.kairay_up import KairayUp
+from harness.kairay_up import KairayUp
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.kairay_up import KairayUp
+from harness.kairay_up import KairayUp
 from tests.serve_apps.reference import NEAR_TIE, Reference, divergence, greedy_reference
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness.kairay_up import KairayUp
+from harness.kairay_up import KairayUp
 
 pytestmark = pytest.mark.e2e
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kairay.oci.images import push_data
 from tests.harness.registry import RegistryServer
 from tests.tuning.conftest import FileServer, chat_rows, write_jsonl
 from tuning.config import DatasetConfig
@@ -21,7 +22,6 @@ from tuning.data import (
     forbidden_reason,
     prepare_data,
 )
-from tuning.images import push_data
 
 ALL = DatasetConfig(train_test_split=1, shuffle_dataset=False)
 

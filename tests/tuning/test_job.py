@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.api.workspace import parse_workspace
+from kairay.api.workspace import parse_workspace
+from kairay.oci.adapters import check_adapter_dir
+from kairay.oci.images import BASE_MODEL_ANNOTATION, OCI_MANIFEST, pull_adapter
 from tests.harness.registry import RegistryServer
 from tests.tuning.conftest import FileServer, chat_rows, write_jsonl
 from tuning.config import TuningConfigError, default_config, parse_yaml
 from tuning.data import DatasetError, DataSource
-from tuning.images import BASE_MODEL_ANNOTATION, OCI_MANIFEST, check_adapter_dir, pull_adapter
 from tuning.job import (
     OutputTarget,
     TuningJobSpec,

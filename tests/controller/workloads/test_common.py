@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.api.workspace import parse_workspace
 from controller.workloads.common import node_request
+from kairay.api.workspace import parse_workspace
 from tests.controller.workspaces import workspace
 
 

@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from controller.api.workspace import parse_workspace
 from controller.settings import Settings
 from controller.workloads import render_objects
 from controller.workloads.tuning import (
@@ -20,8 +19,9 @@ from controller.workloads.tuning import (
     rayjob_name,
     tuning_state,
 )
+from harness.fake_kuberay import schema_errors
+from kairay.api.workspace import parse_workspace
 from kuberay.cluster import MAX_NAME_LENGTH
-from tests.harness.fake_kuberay import schema_errors
 from tuning.config import default_config
 from tuning.job import _parser, load_workspace_argument, spec_from_workspace
 

@@ -1,5 +1,0 @@
-"""The CustomResourceDefinitions kairay serves, and an API-server-faithful validator for them."""
-
-from controller.crds.schema import apply_defaults, load_crd, validate_object
-
-__all__ = ["apply_defaults", "load_crd", "validate_object"]

@@ -1,0 +1,1 @@
+"""Building blocks of the fake Kubernetes API server; use `harness.fake_apiserver`."""
