@@ -6,29 +6,23 @@ wait): it comes back as the error of `Inputs`, for the status step to report.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
-import yaml
-
 from controller.kube import Kube
+from kairay.api.configmaps import ConfigMapError, engine_overrides_from_configmap
+from kairay.api.errors import KairayError
 from kairay.api.workspace import Workspace
-from tuning.config import CONFIGMAP_KEY as TUNING_CONFIG_KEY
-from tuning.config import parse_yaml
-
-INFERENCE_CONFIG_KEY = "inference_config.yaml"
+from tuning.config import load_configmap_data
 
 
-class ConfigMapNotFound(ValueError):
+class ConfigMapNotFound(KairayError):
     """A ConfigMap the Workspace names does not exist (yet: it may be applied a moment later)."""
 
     reason = "ConfigMapNotFound"
+    http_status = HTTPStatus.NOT_FOUND
     final = False
-
-
-class InvalidConfigMap(ValueError):
-    reason = "InvalidConfigMap"
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class Inputs:
     """The extra engine args of an inference Workspace's ConfigMap, or why there are none."""
 
     engine_overrides: dict[str, Any] | None = None
-    error: ValueError | None = None
+    error: KairayError | None = None
 
 
 async def read_inputs(kube: Kube, ws: Workspace) -> Inputs:
@@ -54,36 +48,8 @@ async def read_inputs(kube: Kube, ws: Workspace) -> Inputs:
         return Inputs(error=ConfigMapNotFound(missing))
     try:
         if ws.tuning is not None:
-            key, text = configmap_entry(data, TUNING_CONFIG_KEY, f"ConfigMap {name}")
-            parse_yaml(text, method=ws.tuning.method, source=f"ConfigMap {name}[{key}]")
+            load_configmap_data(data, method=ws.tuning.method, name=f"ConfigMap {name}")
             return Inputs()
         return Inputs(engine_overrides=engine_overrides_from_configmap(data, ws.runtime, name))
-    except ValueError as exc:
-        return Inputs(error=InvalidConfigMap(f"{field}: {exc}"))
-
-
-def configmap_entry(data: Mapping[str, str], key: str, source: str) -> tuple[str, str]:
-    """The entry of a Kaito ConfigMap's `data` that holds its document: `key`, else the only entry."""
-    if key in data:
-        return key, data[key]
-    if len(data) == 1:
-        return next(iter(data.items()))
-    found = ", ".join(sorted(data)) or "none"
-    raise ValueError(f"{source}: no {key!r} key in data (keys: {found})")
-
-
-def engine_overrides_from_configmap(data: Mapping[str, str], runtime: str, name: str) -> dict[str, Any]:
-    """Extra engine args from Kaito's inference ConfigMap: the `<runtime>:` section of its
-    `inference_config.yaml` (or only) entry, with Kaito's dashed keys (`max-model-len`) as the engine's
-    snake_case ones. Raises ValueError with a message for the user."""
-    key, text = configmap_entry(data, INFERENCE_CONFIG_KEY, f"ConfigMap {name}")
-    try:
-        document = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"ConfigMap {name}[{key}]: invalid YAML: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError(f"ConfigMap {name}[{key}]: expected a mapping, found {type(document).__name__}")
-    section = document.get(runtime) or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"ConfigMap {name}[{key}]: {runtime}: expected a mapping of engine arguments")
-    return {str(k).replace("-", "_"): v for k, v in section.items()}
+    except KairayError as exc:  # ConfigMapError, or the tuning sections' TuningConfigError
+        return Inputs(error=ConfigMapError(f"{field}: {exc}"))

@@ -14,6 +14,7 @@ from controller.conditions import Observation, Problem, WorkloadKind, transition
 from controller.events import event
 from controller.kube import Kube
 from controller.nodes.base import NodeReport
+from kairay.api.errors import KairayError
 from kairay.api.workspace import CONDITION_RESOURCE_READY, STATE_FAILED, STATE_NOT_READY
 from kuberay.client import merge_patch_diff
 from kuberay.status import JobProgress, ServiceHealth
@@ -21,7 +22,7 @@ from kuberay.status import JobProgress, ServiceHealth
 # The errors a reconcile reports in the status instead of raising: what a user must fix. Each carries
 # its condition `reason` (and `final = False` when it may resolve on its own); one without is a
 # Workspace kairay cannot build (a custom pod template, a name KubeRay cannot use).
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError,)
+USER_ERRORS: tuple[type[Exception], ...] = (KairayError,)
 REASON_UNSUPPORTED_WORKSPACE = "UnsupportedWorkspace"
 
 

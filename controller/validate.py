@@ -12,28 +12,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.memo import Memo, editable
-from kairay.api.errors import FieldError
+from kairay.api.errors import FieldError, WorkspaceError
 from kairay.api.workspace import Workspace, parse_workspace
 from presets.sizing import SizingError
-from presets.skus import UnknownInstanceTypeError, get_sku
 from presets.validation import INSTANCE_TYPE, check_workspace
-
-REASON_INVALID_PRESET = "InvalidPreset"
-REASON_INVALID_INSTANCE_TYPE = "InvalidInstanceType"
-REASON_INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
-REASON_UNSUPPORTED_TUNING_METHOD = "UnsupportedTuningMethod"
-REASON_INVALID_WORKSPACE = "InvalidWorkspace"
 
 _VERDICTS: Memo[None] = Memo()
 
 
-class InvalidWorkspace(ValueError):
-    """What validation found, every problem in the message; `reason` is the condition reason."""
+class InvalidWorkspace(WorkspaceError):
+    """What validation found, every problem in the message; `reason` is the first problem's condition
+    reason, as the check that found it gave it (`FieldError.condition`)."""
 
-    def __init__(self, errors: list[FieldError], instance_type: str) -> None:
-        super().__init__("; ".join(str(e) for e in errors))
-        self.errors = errors
-        self.reason = _reason(errors[0], instance_type)
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(errors)
+        self.reason = errors[0].condition
 
 
 def validated(obj: Mapping[str, Any]) -> Workspace:
@@ -43,7 +36,7 @@ def validated(obj: Mapping[str, Any]) -> Workspace:
     def check() -> None:
         workspace, errors = check_workspace(dict(obj), fit=False)
         if errors:
-            raise InvalidWorkspace(errors, str((obj.get("resource") or {}).get("instanceType") or ""))
+            raise InvalidWorkspace(errors)
         assert workspace is not None
         parsed.append(workspace)
 
@@ -53,18 +46,4 @@ def validated(obj: Mapping[str, Any]) -> Workspace:
 
 def misfit(error: SizingError, ws: Workspace) -> InvalidWorkspace:
     """A model that does not fit the instance type, as validation reports it."""
-    return InvalidWorkspace([FieldError(INSTANCE_TYPE, str(error))], ws.resource.instance_type)
-
-
-def _reason(first: FieldError, instance_type: str) -> str:
-    if first.field.endswith("preset.name"):
-        return REASON_INVALID_PRESET
-    if first.field == INSTANCE_TYPE:
-        try:
-            get_sku(instance_type)
-        except UnknownInstanceTypeError:
-            return REASON_INVALID_INSTANCE_TYPE
-        return REASON_INSUFFICIENT_GPU_MEMORY
-    if first.field == "tuning.method":
-        return REASON_UNSUPPORTED_TUNING_METHOD
-    return REASON_INVALID_WORKSPACE
+    return InvalidWorkspace([FieldError(INSTANCE_TYPE, str(error), error.reason)])

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kairay.api.errors import KairayError
 from kairay.oci import images
 from kairay.oci.adapters import check_adapter_dir
 from kairay.oci.registry import default_docker_config
@@ -31,7 +32,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-class AdapterError(RuntimeError):
+class AdapterError(KairayError):
     """An adapter could not be made ready; `reason` is the condition reason the controller reports."""
 
     def __init__(self, name: str, reason: str, message: str) -> None:

@@ -15,8 +15,10 @@ from typing import Any
 
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
+from kairay.api.errors import KairayError
 
-class ServingError(Exception):
+
+class ServingError(KairayError):
     """A request the server cannot answer as asked; `http_status` is what the client gets."""
 
     reason: str = "ServingError"

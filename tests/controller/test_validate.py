@@ -31,6 +31,6 @@ def test_catalog_errors_get_kaito_reasons(changes: dict[str, Any], reason: str) 
     obj = workspace(**changes)
     errors = validate_workspace(obj)
     assert errors
-    found = problem(InvalidWorkspace(errors, obj["resource"]["instanceType"]))
+    found = problem(InvalidWorkspace(errors))
     assert found.reason == reason and found.final
     assert str(errors[0]) in found.message
