@@ -1,5 +1,8 @@
 """Results → `BENCHMARKS.md` (every figure, its ratio to raw vLLM, PASS/FAIL against the targets) and
 PNG plots. Pure: it reads only the results dict, so it runs on synthetic results in the smoke test.
+
+One module: every section of the report shares the table, interval and plot helpers and the targets
+table; split by section, each would repeat them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ forwards to whatever URL a test registers for the Service with `set_service_prox
 503 "no endpoints available" like the real one for a Service with nothing behind it.
 
 Standalone: `python -m harness.fake_apiserver --port 0 --kubeconfig out.yaml [--crd FILE]`.
+
+One module: the fake's public face (start and stop, CRD installation, error injection, counters)
+over `apiserver/`.
 """
 
 from __future__ import annotations

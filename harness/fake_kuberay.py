@@ -22,6 +22,9 @@ facts of KubeRay's released CRDs (`kuberay_schema.json`, made by `scripts/kubera
 is named at its top) and the operator's own checks; problems are collected in `violations` (tests assert
 it stays empty). Unexpected
 errors in its threads are collected in `errors`.
+
+One module: it mirrors one operator's reconcile of RayService and RayJob, which share the Ray
+cluster and Serve status logic.
 """
 
 from __future__ import annotations

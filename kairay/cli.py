@@ -2,6 +2,8 @@
 
 User mistakes (a bad Workspace file, an unknown preset, a failed deploy) print `file: field: reason`
 lines and exit non-zero; tracebacks are for bugs only.
+
+One module: the argument parser and one thin function per command; the logic is in the packages.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Inference memory model (vLLM):
 Nodes are added to hold the weights, never for context length alone: when the preset's default
 context does not fit on the nodes the weights need, max_model_len shrinks to what fits (down to
 2048 tokens). An explicit max_model_len is a requirement and adds GPUs or nodes instead.
+
+One module: the inference, local and tuning planners share one memory model (weights, KV cache,
+overhead) and the arithmetic they print.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ behind it), and a Workspace without `tuning.config` gets Kaito's `lora-params-te
 Hugging Face classes, so they keep keys they do not type here and the trainer checks those names against
 the library (`tuning.train`). This module never imports torch, so the controller can validate a
 ConfigMap cheaply.
+
+One module: Kaito's tuning sections are one document, typed and checked together.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ private, link-local, shared or reserved ranges, nor the cloud metadata endpoints
 is checked the same way, and the connection goes to the address that was checked (no second DNS
 lookup for a rebinding answer to slip into). `allow_private_urls=True` or `KAIRAY_ALLOW_PRIVATE_URLS=1`
 lifts this for trusted setups and tests.
+
+One module: every data source (URLs with their address guard, images, volumes) ends in the same
+loading and shaping for TRL.
 """
 
 from __future__ import annotations

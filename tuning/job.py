@@ -17,6 +17,8 @@ RayJob entrypoint (everything secret arrives as a mounted file, never as an argu
         [--push-secret /mnt/secrets/push]    # the imagePushSecret (kubernetes.io/dockerconfigjson)
         [--pull-secret /mnt/secrets/pull-0]  # each input imagePullSecret
         [--input-dir /mnt/data] [--output-dir /mnt/results]   # mounted volumeSources
+
+One module: the RayJob's entry point, its worker loop and the push of the result are one run's code path.
 """
 
 from __future__ import annotations

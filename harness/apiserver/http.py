@@ -1,5 +1,9 @@
 """The HTTP face of the fake API server: Kubernetes REST paths, watch streams, error injection and
-request accounting, on aiohttp (so many long-lived watch connections cost one coroutine each)."""
+request accounting, on aiohttp (so many long-lived watch connections cost one coroutine each).
+
+One module: every REST route shares the request parsing, authorization, error injection and
+accounting; the state lives in `store.py`.
+"""
 
 from __future__ import annotations
 

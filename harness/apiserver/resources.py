@@ -1,4 +1,7 @@
-"""Resource types the fake API server serves: built-ins, CRD-backed types, and discovery documents."""
+"""Resource types the fake API server serves: built-ins, CRD-backed types, and discovery documents.
+
+One module: built-in and CRD-backed types share one registry and one discovery format.
+"""
 
 from __future__ import annotations
 

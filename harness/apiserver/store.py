@@ -5,6 +5,9 @@ real API server and its built-in controllers apply.
 Everything here is synchronous and must only be called from one thread (the server's event loop);
 work the real cluster does asynchronously (garbage collection, namespace cleanup) is handed to
 `schedule`, which the server points at `loop.call_soon`.
+
+One module: resourceVersions, watch history, finalizers, garbage collection and conversion act on
+the same locked state; split, that state would leak across modules.
 """
 
 from __future__ import annotations

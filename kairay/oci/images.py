@@ -14,6 +14,8 @@ built here is a real, runnable-layout image (skopeo and umoci accept it), not an
 The registry client and credentials are in `kairay.oci.registry`; adapter directories in
 `kairay.oci.adapters`. Push and pull stay in one module (a little over 400 lines): they are the two
 halves of one layout (media types, `/data`, diff_ids) and a change to one is a change to the other.
+
+One module: push, pull and unpack share Kaito's image layout and the unpacking limits.
 """
 
 from __future__ import annotations

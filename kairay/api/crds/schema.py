@@ -7,6 +7,9 @@ API server in harness/, ``kairay up`` and the controller judge an object alike.
 
 Rules use only standard CEL and the Kubernetes CEL libraries, so the same CRD works on a real API
 server; the few Kubernetes library functions the rules call are implemented here for cel-python.
+
+One module: the structural schema, defaulting, pruning and CEL rules walk the same schema tree in
+one pass, as the API server's validator does.
 """
 
 from __future__ import annotations
