@@ -225,7 +225,7 @@ class TransformersEngine(LLMEngine):
                 if adapter is None:
                     context = model.disable_adapter()
                 else:
-                    model.set_adapter(adapter.name)
+                    model.set_adapter(_peft_name(adapter.name))
             with torch.inference_mode(), context:
                 output = model.generate(**kwargs)
             outcome["produced"] = int(output.shape[-1] - kwargs["input_ids"].shape[-1])
@@ -272,16 +272,17 @@ class TransformersEngine(LLMEngine):
     def _merge_adapter(self, adapter: LoadedAdapter) -> None:
         from peft import PeftModel
 
-        raw = f"{adapter.name}__raw"
+        name = _peft_name(adapter.name)
+        raw = f"{name}-raw"
         if isinstance(self._model, PeftModel):
-            if adapter.name in self._model.peft_config:
-                self._model.delete_adapter(adapter.name)
+            if name in self._model.peft_config:
+                self._model.delete_adapter(name)
             self._model.load_adapter(adapter.path, adapter_name=raw)
         else:
             self._model = PeftModel.from_pretrained(self._model, adapter.path, adapter_name=raw)
         # The weighted merge scales the adapter's delta by `strength`; strength 0 is the base model.
         self._model.add_weighted_adapter(
-            adapters=[raw], weights=[adapter.strength], adapter_name=adapter.name, combination_type="linear"
+            adapters=[raw], weights=[adapter.strength], adapter_name=name, combination_type="linear"
         )
         self._model.delete_adapter(raw)
         self._model.eval()
@@ -290,7 +291,7 @@ class TransformersEngine(LLMEngine):
         if name not in self._adapters:
             return
         async with self._lock:
-            self._model.delete_adapter(name)
+            self._model.delete_adapter(_peft_name(name))
             del self._adapters[name]
 
     async def check_health(self) -> None:
@@ -314,3 +315,10 @@ def _plain_message(message: Any) -> dict[str, str]:
             texts.append(part["text"] if isinstance(part, dict) else part.text)
         content = "".join(texts)
     return {"role": str(role), "content": "" if content is None else str(content)}
+
+
+def _peft_name(name: str) -> str:
+    """The name peft keeps an adapter under. peft makes each one an attribute of the model's modules,
+    so a Workspace adapter named like a module attribute (`half`, `float`, `eval`) would clash; no
+    attribute has a dash."""
+    return f"kairay-{name}"

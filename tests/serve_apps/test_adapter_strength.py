@@ -53,6 +53,19 @@ def references(local_model_dir: Path, lora_adapters: dict[str, Path]) -> dict[tu
     return found
 
 
+def settled(http: httpx.Client, model: str, ref: Reference, timeout: float = 60) -> tuple[str | None, str]:
+    """The answer once a change has reached the replica: Serve applies a re-applied config to running
+    replicas (`reconfigure`) shortly after the deploy returns, and a strength or source change of a
+    listed adapter shows nowhere else. Returns why the last answer is not `ref`'s, and its replica."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text, replica = complete(http, model)
+        problem = divergence(text, ref)
+        if problem is None or time.monotonic() > deadline:
+            return problem, replica
+        time.sleep(0.5)
+
+
 def complete(http: httpx.Client, model: str) -> tuple[str, str]:
     response = http.post(
         "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": STEPS, "temperature": 0}
@@ -138,8 +151,7 @@ def test_strength_source_and_removal_change_live(
         ]
         for source, strength in steps:
             app.apply([adapter("live", lora_adapters[source], strength)])
-            text, answered_by = complete(http, "live")
-            problem = divergence(text, references[(source, strength)])
+            problem, answered_by = settled(http, "live", references[(source, strength)])
             assert problem is None, f"{served.runtime}, live = {source} at {strength}: {problem}"
             assert answered_by == replica, "the adapter change restarted the replica"
         app.apply([])
