@@ -221,8 +221,11 @@ class TransformersEngine(LLMEngine):
         try:
             model = self._model
             context: Any = contextlib.nullcontext()
-            if hasattr(model, "peft_config"):
+            if self._adapters and hasattr(model, "peft_config"):
                 if adapter is None:
+                    # peft keeps the name of a deleted adapter active when none or several remain;
+                    # name a live one before switching adapters off.
+                    model.set_adapter(_peft_name(next(iter(self._adapters))))
                     context = model.disable_adapter()
                 else:
                     model.set_adapter(_peft_name(adapter.name))
@@ -293,6 +296,9 @@ class TransformersEngine(LLMEngine):
         async with self._lock:
             self._model.delete_adapter(_peft_name(name))
             del self._adapters[name]
+            if not self._adapters:
+                # The last one gone: back to the plain model (peft's LoRA layers removed).
+                self._model = self._model.unload()
 
     async def check_health(self) -> None:
         if self._model is None:
