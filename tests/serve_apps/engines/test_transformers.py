@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionResponse
 
 from serve_apps.engines.transformers import TransformersEngine
 from serve_apps.protocol import LoadedAdapter
@@ -21,9 +21,12 @@ def test_adapters_load_and_unload_in_any_order(local_model_dir: Path, lora_adapt
         await engine.start()
 
         async def text(adapter: LoadedAdapter | None) -> str:
-            request = CompletionRequest(prompt="The capital of France is", max_tokens=6, temperature=0)
+            request = CompletionRequest.model_validate(
+                {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+            )
             body = await engine.completions(request, adapter)
-            return str(body.model_dump()["choices"][0]["text"])
+            assert isinstance(body, CompletionResponse)
+            return body.choices[0].text
 
         base = await text(None)
         # `half` is also a method of every torch module peft would attach the adapter to.
